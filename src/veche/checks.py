@@ -1,0 +1,61 @@
+"""`veche check`: everything that would make the process fail later, found now."""
+
+from __future__ import annotations
+
+import asyncio
+
+from veche.kernel.modules import ManifestError
+from veche.kernel.observability.tracing import tracing_problem
+from veche.kernel.ratelimit import RateLimiter
+from veche.settings import Settings
+
+TIMEOUT_SECONDS = 5.0
+
+
+async def _database(settings: Settings) -> list[str]:
+    from veche.kernel.db import Database
+    from veche.migrate import current_revision, head_revision
+
+    database = Database.from_settings(settings)
+    try:
+        await asyncio.wait_for(database.ping(), TIMEOUT_SECONDS)
+    except Exception as exc:
+        return [f"database: not reachable ({type(exc).__name__})"]
+    finally:
+        await database.dispose()
+    current, head = await current_revision(settings), head_revision()
+    if current != head:
+        return [f"database: at revision {current}, code expects {head}; run `veche migrate`"]
+    return []
+
+
+async def _redis(settings: Settings) -> list[str]:
+    if not settings.redis_url:
+        return []
+    try:
+        await asyncio.wait_for(RateLimiter(settings).check_storage(), TIMEOUT_SECONDS)
+    except Exception as exc:
+        return [f"redis: not reachable ({type(exc).__name__})"]
+    return []
+
+
+def _apps(settings: Settings) -> list[str]:
+    from veche.registry import UnknownApp, load_modules
+
+    try:
+        modules = load_modules(settings.apps)
+        for module in modules:
+            module.validate()
+    except (UnknownApp, ManifestError) as exc:
+        return [f"apps: {exc}"]
+    return []
+
+
+async def run_checks(settings: Settings) -> list[str]:
+    """Every problem found, one readable line each (empty when all is well)."""
+    problems = _apps(settings)
+    if settings.otel_enabled and (problem := tracing_problem()):
+        problems.append(f"tracing: {problem}")
+    problems += await _database(settings)
+    problems += await _redis(settings)
+    return problems

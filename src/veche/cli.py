@@ -1,0 +1,172 @@
+"""The `veche` command: serve, migrate, manage users, write the OpenAPI schema, check."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from pydantic import ValidationError
+
+from veche.settings import Settings, load_settings
+
+app = typer.Typer(help="Veche: five AI-native products on one kernel.", no_args_is_help=True)
+users_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _fail(lines: list[str], title: str) -> NoReturn:
+    typer.secho(title, fg=typer.colors.RED, err=True)
+    for line in lines:
+        typer.echo(f"  - {line}", err=True)
+    raise typer.Exit(code=1)
+
+
+def settings_problems(exc: ValidationError) -> list[str]:
+    """Readable lines for each invalid setting, named by its environment variable."""
+    lines = []
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if location:
+            variable = "VECHE_" + "__".join(location).upper()
+            lines.append(f"{variable}: {message}")
+        else:
+            lines.extend(line.strip().lstrip("- ") for line in message.splitlines() if line)
+    return [line for line in lines if line and not line.endswith(":")] or [str(exc)]
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**overrides)
+    except ValidationError as exc:
+        _fail(settings_problems(exc), "The settings are not valid:")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind")] = None,
+    apps: Annotated[
+        str | None, typer.Option(help="Comma-separated apps to mount (default: all installed)")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes")] = 1,
+) -> None:
+    """Serve the API with every enabled app."""
+    import uvicorn
+
+    if apps is not None:
+        os.environ["VECHE_APPS"] = apps  # worker processes read settings themselves
+    settings = _settings()
+    bind_host, bind_port = host or settings.host, port or settings.port
+    if workers > 1:
+        metrics_dir = settings.data_dir / "prometheus"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    shown_host = "127.0.0.1" if bind_host in ("0.0.0.0", "::") else bind_host  # noqa: S104
+    url = f"http://{shown_host}:{bind_port}"
+    typer.echo(f"Veche is serving at {url}  (API docs: {url}/docs)")
+    uvicorn.run(
+        "veche.server:create_app",
+        factory=True,
+        host=bind_host,
+        port=bind_port,
+        workers=workers,
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
+        log_config=None,
+    )
+
+
+@app.command()
+def migrate(
+    revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+) -> None:
+    """Apply the database migrations."""
+    from veche.migrate import current_revision, upgrade
+
+    settings = _settings()
+    asyncio.run(upgrade(settings, revision))
+    typer.echo(f"Database at revision {asyncio.run(current_revision(settings))}")
+
+
+@users_app.command("create")
+def create_user(
+    email: Annotated[str, typer.Argument(help="The account's email")],
+    display_name: Annotated[str, typer.Option(help="Name shown to others")] = "Admin",
+    admin: Annotated[bool, typer.Option("--admin", help="Give the admin role")] = False,
+    password: Annotated[
+        str,
+        typer.Option(
+            prompt=True, hide_input=True, confirmation_prompt=True, envvar="VECHE_PASSWORD"
+        ),
+    ] = "",
+) -> None:
+    """Create an account (the password is asked for, or read from VECHE_PASSWORD)."""
+    from veche.kernel import Kernel
+    from veche.kernel.errors import ProblemError
+    from veche.kernel.identity import IdentityService
+    from veche.kernel.identity.schemas import clean_display_name, normalize_email
+
+    try:
+        normalized, name = normalize_email(email), clean_display_name(display_name)
+    except ValueError as exc:
+        _fail([str(exc)], "The account is not valid:")
+
+    async def run() -> str:
+        kernel = Kernel.from_settings(_settings())
+        try:
+            async with kernel.db.unit_of_work() as session:
+                user = await IdentityService(session, kernel).register(
+                    email=normalized,
+                    password=password,
+                    display_name=name,
+                    role="admin" if admin else "user",
+                )
+                return str(user.id)
+        finally:
+            await kernel.close()
+
+    try:
+        user_id = asyncio.run(run())
+    except ProblemError as exc:
+        _fail([exc.detail or exc.title], "The account was not created:")
+    typer.echo(f"Created {'admin' if admin else 'user'} {normalized} ({user_id})")
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path | None, typer.Option(help="File to write (default: stdout)")] = None,
+) -> None:
+    """Write the OpenAPI schema of the enabled apps."""
+    from veche.server import create_app
+
+    schema = create_app(_settings(access_log=False)).openapi()
+    text = json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        typer.echo(f"Wrote {output}")
+
+
+@app.command()
+def check() -> None:
+    """Validate the settings and reach every configured backend."""
+    from veche.checks import run_checks
+
+    problems = asyncio.run(run_checks(_settings()))
+    if problems:
+        _fail(problems, f"{len(problems)} problem(s) found:")
+    typer.secho("Settings valid; every configured backend answers.", fg=typer.colors.GREEN)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,110 @@
+"""The application factory: a FastAPI app of the kernel plus the app modules it is given.
+
+It imports no app: the composition root (`veche.server`) discovers them and passes their
+modules in, and tests pass their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from veche.kernel import admin
+from veche.kernel.errors import install_error_handlers
+from veche.kernel.http import RequestMiddleware
+from veche.kernel.identity.routes import auth_router, me_router
+from veche.kernel.jobs import Scheduler
+from veche.kernel.modules import AppModule, ReadinessCheck
+from veche.kernel.observability import health
+from veche.kernel.observability.logging import configure_logging
+from veche.kernel.observability.tracing import install_tracing
+from veche.kernel.openapi import build_openapi
+from veche.kernel.runtime import Kernel
+from veche.settings import Settings
+
+VERSION = "0.1.0"
+log = structlog.get_logger("veche.app")
+
+
+def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, ReadinessCheck]:
+    checks: dict[str, ReadinessCheck] = {"database": kernel.db.ping}
+    if kernel.settings.redis_url:
+        checks["redis"] = kernel.limiter.check_storage
+    for module in modules:
+        for name, check in module.readiness.items():
+            checks[f"{module.name}.{name}"] = check
+    return checks
+
+
+def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
+    """A Veche application serving the kernel's API and every given app module."""
+    configure_logging(settings.log_level, settings.log_format)
+    for module in modules:
+        module.validate()
+    kernel = Kernel.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        scheduler = Scheduler(kernel, [job for module in modules for job in module.jobs])
+        for module in modules:
+            for hook in module.on_startup:
+                await hook(kernel)
+        if settings.role in ("worker", "all"):
+            scheduler.start()
+        log.info("started", apps=[module.name for module in modules], role=settings.role)
+        try:
+            yield
+        finally:
+            await scheduler.stop()
+            for module in reversed(modules):
+                for hook in module.on_shutdown:
+                    await hook(kernel)
+            await kernel.close()
+
+    app = FastAPI(
+        title="Veche",
+        version=VERSION,
+        description="One platform, five AI-native products on a shared kernel. "
+        "Errors are RFC 9457 problem details (`application/problem+json`) with a stable "
+        "`code` and the `request_id`.",
+        lifespan=lifespan,
+        max_body_size=settings.max_body_bytes,
+        redoc_url=None,
+    )
+    app.state.kernel = kernel
+    app.state.modules = list(modules)
+    app.state.readiness_checks = readiness_checks(kernel, modules)
+    install_error_handlers(app)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-RateLimit-Limit",
+                "X-RateLimit-Remaining",
+                "X-RateLimit-Reset",
+                "Retry-After",
+            ],
+        )
+    app.add_middleware(
+        RequestMiddleware,
+        trusted_proxies=settings.trusted_proxies,
+        access_log=settings.access_log,
+    )
+    app.include_router(health.router)
+    app.include_router(auth_router)
+    app.include_router(me_router)
+    app.include_router(admin.router)
+    for module in modules:
+        for router in module.routers:
+            app.include_router(router, prefix=module.prefix)
+    app.openapi = lambda: build_openapi(app)  # type: ignore[method-assign]
+    install_tracing(app, settings)
+    return app

@@ -1,0 +1,34 @@
+"""Dependency vocabulary shared by every route: `KernelDep`, `SettingsDep`, `DbSession`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.kernel.runtime import Kernel
+from veche.settings import Settings
+
+
+def get_kernel(request: Request) -> Kernel:
+    kernel: Kernel = request.app.state.kernel
+    return kernel
+
+
+def get_settings(request: Request) -> Settings:
+    return get_kernel(request).settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One unit of work per request: committed before the response is sent."""
+    async with get_kernel(request).db.unit_of_work() as session:
+        yield session
+
+
+KernelDep = Annotated[Kernel, Depends(get_kernel)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+# `function` scope: the commit happens before the response goes out, so a failed commit
+# is an error response rather than a success the database never kept.
+DbSession = Annotated[AsyncSession, Depends(get_session, scope="function")]

@@ -1,0 +1,107 @@
+"""Scheduled jobs: periodic work that exactly one replica runs each tick.
+
+A job runs every `interval` in the background of processes whose role runs jobs
+(`VECHE_ROLE=worker|all`). Before each run the process takes the job's lease, a row in
+`job_leases` claimed by one conditional UPDATE, so however many replicas are up, one
+runs the tick and the others skip it. A failing run is logged and retried next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import String, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Mapped, mapped_column
+
+from veche.kernel.db import Base, Database, utcnow
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
+
+log = structlog.get_logger("veche.jobs")
+
+
+class JobLease(Base):
+    __tablename__ = "job_leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[dt.datetime]
+    last_run_at: Mapped[dt.datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduledJob:
+    name: str
+    interval: dt.timedelta
+    run: Callable[[Kernel], Awaitable[None]]
+
+
+HOLDER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def acquire_lease(db: Database, name: str, ttl: dt.timedelta, holder: str = HOLDER) -> bool:
+    """Take the named lease if it is free or expired; True when this holder has it."""
+    now = utcnow()
+    async with db.unit_of_work() as session:
+        result = await session.execute(
+            update(JobLease)
+            .where(
+                JobLease.name == name,
+                or_(JobLease.expires_at <= now, JobLease.holder == holder),
+            )
+            .values(holder=holder, expires_at=now + ttl, last_run_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if int(getattr(result, "rowcount", 0) or 0) == 1:
+            return True
+    try:
+        async with db.unit_of_work() as session:
+            session.add(JobLease(name=name, holder=holder, expires_at=now + ttl, last_run_at=now))
+    except IntegrityError:
+        return False  # another holder has a live lease
+    return True
+
+
+class Scheduler:
+    """Runs scheduled jobs as background tasks until stopped."""
+
+    def __init__(self, kernel: Kernel, jobs: list[ScheduledJob]) -> None:
+        self.kernel = kernel
+        self.jobs = jobs
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        for job in self.jobs:
+            self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.name}"))
+
+    async def _loop(self, job: ScheduledJob) -> None:
+        while True:
+            await self.run_once(job)
+            await asyncio.sleep(job.interval.total_seconds())
+
+    async def run_once(self, job: ScheduledJob) -> bool:
+        """Run one tick of the job if this process wins its lease; True if it ran."""
+        try:
+            # The lease outlives the interval slightly so a slow replica does not overlap.
+            if not await acquire_lease(self.kernel.db, job.name, job.interval * 0.9):
+                return False
+            await job.run(self.kernel)
+        except Exception:
+            log.exception("job_failed", job=job.name)
+            return False
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()

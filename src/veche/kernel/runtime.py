@@ -1,0 +1,48 @@
+"""The kernel's shared services for one process, built once from the settings.
+
+The application factory keeps one `Kernel` on `app.state.kernel`; route dependencies and
+CLI commands reach the database, limiter, hashers and token service through it, so no
+module holds global state and a test can build as many independent kernels as it needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from veche.kernel.db import Database
+from veche.kernel.ratelimit import RateLimiter
+from veche.settings import Settings
+
+if TYPE_CHECKING:
+    from veche.kernel.identity.passwords import PasswordHasher
+    from veche.kernel.identity.tokens import AccessTokens
+
+
+@dataclass(slots=True)
+class Kernel:
+    settings: Settings
+    db: Database
+    limiter: RateLimiter
+    passwords: PasswordHasher
+    tokens: AccessTokens
+    cursor_key: bytes
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Kernel:
+        # Imported here: identity's own modules depend on the kernel container.
+        from veche.kernel.identity.passwords import PasswordHasher
+        from veche.kernel.identity.tokens import AccessTokens, derive_key
+
+        keys = settings.signing_keys
+        return cls(
+            settings=settings,
+            db=Database.from_settings(settings),
+            limiter=RateLimiter(settings),
+            passwords=PasswordHasher(settings.auth),
+            tokens=AccessTokens(keys, settings.auth),
+            cursor_key=derive_key(keys[0], "pagination-cursor"),
+        )
+
+    async def close(self) -> None:
+        await self.db.dispose()

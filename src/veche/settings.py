@@ -1,0 +1,233 @@
+"""Veche's settings: one pydantic-settings object, read once at start and passed down.
+
+Every value comes from `VECHE_*` environment variables or a `.env` file. In development
+(`VECHE_ENV=dev`, the default) nothing is required: the embedded backends live under
+`var/` and a signing key is generated once and kept there with 0600 permissions. In
+production the object refuses to exist until every secret and URL is given explicitly,
+and it names all missing or invalid ones in a single message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Environment = Literal["dev", "test", "production"]
+Role = Literal["api", "worker", "all"]
+
+MIN_SECRET_KEY_LENGTH = 32
+KIB = 1024
+MIB = 1024 * KIB
+DEFAULT_RATE_LIMITS = {
+    "default": "600/minute",
+    "auth": "20/minute;200/hour",
+    "auth_refresh": "60/minute",
+    "admin": "300/minute",
+}
+
+
+class AuthSettings(BaseModel):
+    """Tokens, password hashing and login protection (`VECHE_AUTH__*`)."""
+
+    issuer: str = "veche"
+    audience: str = "veche"
+    access_token_ttl_seconds: PositiveInt = 15 * 60
+    refresh_token_ttl_seconds: PositiveInt = 30 * 24 * 3600
+    session_max_age_seconds: PositiveInt = 90 * 24 * 3600
+    clock_skew_seconds: NonNegativeInt = 30
+    # Argon2id at the OWASP / ASVS profile: 19 MiB, two passes, one lane.
+    argon2_memory_kib: Annotated[int, Field(ge=8 * KIB)] = 19 * KIB
+    argon2_time_cost: Annotated[int, Field(ge=1)] = 2
+    argon2_parallelism: Annotated[int, Field(ge=1)] = 1
+    max_concurrent_hashes: PositiveInt = 2
+    password_min_length: Annotated[int, Field(ge=8)] = 8
+    password_max_length: Annotated[int, Field(ge=64, le=1024)] = 128
+    password_min_score: Annotated[int, Field(ge=0, le=4)] = 1
+    # Login protection: failures per (account, ip), per ip, and per account from ips that
+    # never signed in to it. A victim's own known ip is never locked out by the last one.
+    login_failures_per_account_ip: str = "5/15minutes"
+    login_failures_per_ip: str = "50/15minutes"
+    login_failures_per_account: str = "30/hour"
+
+
+class Settings(BaseSettings):
+    """The whole configuration of a Veche process."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VECHE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        env_nested_delimiter="__",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    env: Environment = "dev"
+    role: Role = "all"
+    data_dir: Path = Path("var")
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    public_url: str | None = None
+    apps: Annotated[list[str] | None, NoDecode] = None
+
+    database_url: str | None = None
+    database_pool_size: PositiveInt = 10
+    database_max_overflow: NonNegativeInt = 10
+    database_pool_timeout_seconds: PositiveFloat = 10.0
+    database_pool_recycle_seconds: PositiveInt = 1800
+    database_echo: bool = False
+    sqlite_busy_timeout_ms: PositiveInt = 5000
+
+    redis_url: str | None = None
+    events_url: str | None = None
+    realtime_url: str | None = None
+
+    secret_key: SecretStr | None = None
+    previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+
+    max_body_bytes: PositiveInt = 1 * MIB
+    # Named policies; given ones override these defaults, the rest stay.
+    rate_limits: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RATE_LIMITS))
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+    access_log: bool = True
+    metrics_enabled: bool = True
+    otel_enabled: bool = False
+    otel_service_name: str = "veche"
+
+    @field_validator("apps", "trusted_proxies", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("previous_secret_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _valid_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _merge_default_limits(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {**DEFAULT_RATE_LIMITS, **value}
+        return value
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _valid_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        from limits import parse_many  # local: only for validation
+
+        for name, spec in value.items():
+            try:
+                parse_many(spec)
+            except ValueError as exc:
+                raise ValueError(f"rate limit {name!r}: {spec!r} is not a limit") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _production_is_explicit(self) -> Settings:
+        if self.env == "production":
+            problems = self.production_problems()
+            if problems:
+                lines = "\n".join(f"  - {problem}" for problem in problems)
+                raise ValueError(f"production settings are incomplete or unsafe:\n{lines}")
+        return self
+
+    def production_problems(self) -> list[str]:
+        """Every reason these settings are not fit for production, one line each."""
+        problems: list[str] = []
+        key = self.secret_key.get_secret_value() if self.secret_key else ""
+        if not key:
+            problems.append("VECHE_SECRET_KEY is missing (a random string of 32+ characters)")
+        elif len(key) < MIN_SECRET_KEY_LENGTH:
+            problems.append(f"VECHE_SECRET_KEY is shorter than {MIN_SECRET_KEY_LENGTH} characters")
+        for index, old in enumerate(self.previous_secret_keys):
+            if len(old.get_secret_value()) < MIN_SECRET_KEY_LENGTH:
+                problems.append(f"VECHE_PREVIOUS_SECRET_KEYS[{index}] is too short")
+        if not self.database_url:
+            problems.append("VECHE_DATABASE_URL is missing (postgresql+asyncpg://...)")
+        elif self.database_url.startswith("sqlite"):
+            problems.append("VECHE_DATABASE_URL points at SQLite; production needs PostgreSQL")
+        if not self.redis_url:
+            problems.append("VECHE_REDIS_URL is missing (rate limits and cache are shared)")
+        if not self.public_url:
+            problems.append("VECHE_PUBLIC_URL is missing (the URL clients reach the API at)")
+        if self.database_echo:
+            problems.append("VECHE_DATABASE_ECHO must be off (it logs query parameters)")
+        return problems
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @cached_property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'veche.db').as_posix()}"
+
+    @cached_property
+    def signing_keys(self) -> list[str]:
+        """The current signing key first, then the previous ones still accepted."""
+        current = self.secret_key.get_secret_value() if self.secret_key else None
+        if current is None:
+            current = _dev_secret_key(self.data_dir)
+        return [current, *(key.get_secret_value() for key in self.previous_secret_keys)]
+
+
+def _dev_secret_key(data_dir: Path) -> str:
+    """Read the development key from `var/`, making it once with owner-only permissions."""
+    path = data_dir / "secret_key"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first: use theirs
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(key)
+    return key
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment and `.env`, with explicit overrides on top."""
+    return Settings(**overrides)  # type: ignore[arg-type]
