@@ -237,7 +237,7 @@ class IdentityService:
         ).one_or_none()
         if row is None:
             raise errors.InvalidRefreshToken()
-        token, auth_session, user = row.tuple()
+        token, auth_session, user = row
         now = utcnow()
         if token.used_at is not None:
             await self._reject_reuse(auth_session, user)
@@ -302,7 +302,7 @@ class IdentityService:
         ).one_or_none()
         if row is None:
             raise errors.InvalidAccessToken("The access token's session does not exist")
-        user, revoked_at = row.tuple()
+        user, revoked_at = row
         if revoked_at is not None:
             raise errors.InvalidAccessToken("The access token's session was signed out")
         if not user.is_active:

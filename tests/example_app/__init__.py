@@ -1,0 +1,68 @@
+"""A tiny app that exists only in the tests: it exercises the module contract (routers,
+manifest, hooks, readiness) and gives the error tests a route that fails."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from veche.kernel import AppModule, Manifest, api_router, problem_openapi
+from veche.kernel.identity import CurrentUser
+
+router = api_router(tags=["example"])
+started: list[str] = []
+
+
+class Echo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, Field(min_length=1, max_length=200)]
+    count: Annotated[int, Field(ge=0, le=1000)] = 1
+
+
+class Pong(BaseModel):
+    app: str
+
+
+class Who(BaseModel):
+    user_id: str
+    role: str
+
+
+@router.get("/ping", response_model=Pong)
+async def ping() -> Pong:
+    return Pong(app="example")
+
+
+@router.post("/echo", response_model=Echo, responses=problem_openapi(415))
+async def echo(body: Echo, repeat: Annotated[int, Query(ge=1, le=3)] = 1) -> Echo:
+    return Echo(text=body.text * repeat, count=body.count)
+
+
+@router.get("/whoami", response_model=Who, responses=problem_openapi(401))
+async def whoami(user: CurrentUser) -> Who:
+    return Who(user_id=str(user.id), role=user.role)
+
+
+@router.get("/boom", include_in_schema=False)
+async def boom() -> None:
+    raise RuntimeError("database password is hunter2")  # must never reach a client
+
+
+async def _on_startup(_kernel: object) -> None:
+    started.append("up")
+
+
+async def _always_ready() -> None:
+    return None
+
+
+module = AppModule(
+    name="example",
+    manifest=Manifest.from_package("tests.example_app"),
+    routers=[router],
+    on_startup=[_on_startup],
+    readiness={"self": _always_ready},
+)
