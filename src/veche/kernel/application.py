@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from veche.kernel import admin
 from veche.kernel.errors import install_error_handlers
@@ -72,7 +73,6 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
         "Errors are RFC 9457 problem details (`application/problem+json`) with a stable "
         "`code` and the `request_id`.",
         lifespan=lifespan,
-        max_body_size=settings.max_body_bytes,
         redoc_url=None,
     )
     app.state.kernel = kernel
@@ -93,6 +93,10 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
                 "Retry-After",
             ],
         )
+    # Inside the request middleware, not FastAPI's `max_body_size` (which wraps every user
+    # middleware): its 413 for a declared oversized body would otherwise leave as plain
+    # text without a request id, and be logged as an unhandled exception.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes)
     app.add_middleware(
         RequestMiddleware,
         trusted_proxies=settings.trusted_proxies,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, ClassVar
 from uuid import UUID
 
 import uuid6
@@ -79,7 +79,7 @@ class Base(DeclarativeBase):
     """The declarative base of every Veche table, kernel and apps alike."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
-    type_annotation_map = {dt.datetime: UTCDateTime(), UUID: Uuid()}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dt.datetime: UTCDateTime(), UUID: Uuid()}
 
 
 class IdMixin:

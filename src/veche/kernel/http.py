@@ -87,7 +87,7 @@ def api_router(
         tags=list(tags or []),
         dependencies=dependencies,
         route_class=KernelRoute,
-        responses=problem_openapi(422, 429),  # type: ignore[arg-type]
+        responses=problem_openapi(422, 429),
     )
 
 
@@ -167,7 +167,6 @@ class RequestMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "started": False, "replace": False}
-        method = scope.get("method", "WS")
 
         async def send_with_context(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -200,39 +199,45 @@ class RequestMiddleware:
             error_log.error("unhandled_exception", exc_info=exc, path=scope.get("path"))
             if state["started"] or scope["type"] != "http":
                 raise
-            body = _problem_body(500, "Internal server error", request_id)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 500,
-                    "headers": [
-                        (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await _send_internal_error(send, request_id)
         finally:
             metrics.IN_FLIGHT.dec()
-            duration = time.perf_counter() - started
-            route = _route_template(scope)
-            status = state["status"]
-            metrics.observe_request(method, route, status, duration)
-            if self.access_log:
-                access_log.log(
-                    40 if status >= 500 else 30 if status >= 400 else 20,
-                    "request",
-                    method=method,
-                    path=scope.get("path"),
-                    route=route,
-                    status=status,
-                    duration_ms=round(duration * 1000, 2),
-                    user_id=str(context.user_id) if context.user_id else None,
-                    client_ip=client_ip,
-                )
+            self._record(scope, context, state["status"], time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
             unbind_request(token)
+
+    def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
+        method = scope.get("method", "WS")
+        route = _route_template(scope)
+        metrics.observe_request(method, route, status, seconds)
+        if self.access_log:
+            access_log.log(
+                40 if status >= 500 else 30 if status >= 400 else 20,
+                "request",
+                method=method,
+                path=scope.get("path"),
+                route=route,
+                status=status,
+                duration_ms=round(seconds * 1000, 2),
+                user_id=str(context.user_id) if context.user_id else None,
+                client_ip=context.client_ip,
+            )
+
+
+async def _send_internal_error(send: Send, request_id: str) -> None:
+    body = _problem_body(500, "Internal server error", request_id)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [
+                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                (b"x-request-id", request_id.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def _status_phrase(status: int) -> str:

@@ -126,7 +126,7 @@ class AppModule:
         for router in self.routers:
             for route in router.routes:
                 if isinstance(route, APIRoute):
-                    for method in route.methods:
+                    for method in route.methods or ():
                         served.add(f"{method} {route.path}")
                 elif hasattr(route, "path"):
                     served.add(f"WS {route.path}")

@@ -152,7 +152,7 @@ def _after(columns: list[tuple[ColumnElement[Any], bool]], values: list[Any]) ->
 
 async def paginate(
     session: AsyncSession,
-    statement: Select[tuple[RowT]],
+    statement: Select[RowT],
     model: type[Any],
     *,
     sort: SortKey,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from fastapi import Request
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, Storage
-from limits.storage import storage_from_string
 from limits.aio.strategies import MovingWindowRateLimiter
+from limits.storage import storage_from_string
 
 from veche.kernel.context import current_request
 from veche.kernel.errors import TooManyRequests
@@ -46,7 +46,9 @@ class LimitState:
 
 def _storage(settings: Settings) -> Storage:
     if settings.redis_url:
-        return storage_from_string(f"async+{settings.redis_url}", implementation="redispy")
+        storage = storage_from_string(f"async+{settings.redis_url}", implementation="redispy")
+        assert isinstance(storage, Storage)
+        return storage
     return MemoryStorage()
 
 

@@ -62,7 +62,11 @@ class PasswordHasher:
 
 
 def password_problems(
-    password: str, auth: AuthSettings, *, user_inputs: tuple[str, ...] = ()
+    password: str,
+    auth: AuthSettings,
+    *,
+    email: str | None = None,
+    user_inputs: tuple[str, ...] = (),
 ) -> list[str]:
     """Every reason the password is refused, in words a person can act on (empty: fine)."""
     length = len(password)
@@ -72,7 +76,9 @@ def password_problems(
         return [f"must be at most {auth.password_max_length} characters (got {length})"]
     if not password.strip():
         return ["must not be only white space"]
-    inputs = [item for item in user_inputs if item]
+    if email and _built_on(email, password):
+        return ["must not contain your email address"]
+    inputs = [item for item in (email, *user_inputs) if item]
     result = zxcvbn(password, user_inputs=inputs, max_length=auth.password_max_length)
     if result["score"] >= auth.password_min_score:
         return []
@@ -82,3 +88,11 @@ def password_problems(
         reasons.append(str(feedback["warning"]).rstrip("."))
     reasons.extend(str(item).rstrip(".") for item in feedback.get("suggestions", []))
     return reasons
+
+
+def _built_on(email: str, password: str) -> bool:
+    """Whether the password is the email address, or mostly its local part."""
+    folded, local_part = password.casefold(), email.split("@", 1)[0].casefold()
+    if email.casefold() in folded:
+        return True
+    return len(local_part) >= 3 and local_part in folded and 2 * len(local_part) >= len(folded)

@@ -74,7 +74,7 @@ class RefreshRequest(Strict):
 class TokenPair(BaseModel):
     access_token: str
     refresh_token: str
-    token_type: Literal["bearer"] = "bearer"
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 - a scheme name
     expires_in: int = Field(description="Seconds the access token stays valid")
     refresh_expires_in: int = Field(description="Seconds the refresh token stays valid")
     session_id: UUID

@@ -92,10 +92,7 @@ class IdentityService:
         return user
 
     def _check_password(self, password: str, *, email: str, display_name: str) -> None:
-        local_part = email.split("@", 1)[0]
-        reasons = password_problems(
-            password, self.auth, user_inputs=(email, local_part, display_name)
-        )
+        reasons = password_problems(password, self.auth, email=email, user_inputs=(display_name,))
         if reasons:
             detail = "Password " + "; ".join(reasons)
             field = FieldError(loc=["body", "password"], msg=detail, type="password_policy")

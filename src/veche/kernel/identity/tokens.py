@@ -22,7 +22,7 @@ from veche.settings import AuthSettings
 
 ALGORITHM = "HS256"
 ALLOWED_ALGORITHMS = frozenset({ALGORITHM})
-ACCESS_TOKEN_TYPE = "at+jwt"
+ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 token type
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "sid", "jti"]
 
 

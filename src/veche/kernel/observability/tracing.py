@@ -19,8 +19,8 @@ class TracingUnavailable(RuntimeError):
 def tracing_problem() -> str | None:
     """Why tracing cannot be enabled here, or None when it can."""
     try:
-        import opentelemetry.exporter.otlp.proto.http.trace_exporter  # noqa: F401
-        import opentelemetry.instrumentation.fastapi  # noqa: F401
+        import opentelemetry.exporter.otlp.proto.http.trace_exporter
+        import opentelemetry.instrumentation.fastapi
         import opentelemetry.sdk.trace  # noqa: F401
     except ImportError as exc:
         return f"VECHE_OTEL_ENABLED needs the 'otel' extra: pip install 'veche[otel]' ({exc.name})"
