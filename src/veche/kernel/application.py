@@ -103,6 +103,8 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
         access_log=settings.access_log,
     )
     app.include_router(health.router)
+    if settings.metrics_enabled:
+        app.include_router(health.metrics_router)
     app.include_router(auth_router)
     app.include_router(me_router)
     app.include_router(admin.router)

@@ -16,6 +16,7 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 CHECK_TIMEOUT_SECONDS = 3.0
 
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter(tags=["operations"])
 
 
 class Health(BaseModel):
@@ -71,7 +72,7 @@ async def ready(request: Request) -> Response | Readiness:
     )
 
 
-@router.get("/metrics", include_in_schema=False)
+@metrics_router.get("/metrics", include_in_schema=False)
 async def prometheus_metrics(request: Request) -> Response:
     metrics.update_pool(request.app.state.kernel.db.pool_status())
     body, content_type = metrics.render()
