@@ -65,6 +65,8 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
                 for hook in module.on_shutdown:
                     await hook(kernel)
             await kernel.close()
+            if app.state.tracer_provider is not None:
+                app.state.tracer_provider.shutdown()
 
     app = FastAPI(
         title="Veche",

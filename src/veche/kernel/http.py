@@ -122,6 +122,15 @@ def resolve_client_ip(
 
 
 def _route_template(scope: Scope) -> str:
+    # FastAPI keeps included routers whole: `scope["route"]` is the route as its router
+    # declared it (`/ping`), without the prefix an app module is mounted under. The
+    # effective route context FastAPI leaves in the scope has the full template.
+    fastapi_scope = scope.get("fastapi")
+    if isinstance(fastapi_scope, dict):
+        context = fastapi_scope.get("effective_route_context")
+        full_path = getattr(context, "path_format", None)
+        if isinstance(full_path, str) and full_path:
+            return full_path
     route = scope.get("route")
     path = getattr(route, "path", None)
     return path if isinstance(path, str) else "<unmatched>"

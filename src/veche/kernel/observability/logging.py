@@ -24,6 +24,9 @@ def _redact_value(key: str, value: Any) -> Any:
         return REDACTED
     if isinstance(value, Mapping):
         return {inner: _redact_value(str(inner), item) for inner, item in value.items()}
+    if isinstance(value, list | tuple):
+        # A list of records (`sessions=[{"refresh_token": ...}]`) hides secrets one level down.
+        return [_redact_value(key, item) for item in value]
     return value
 
 

@@ -28,6 +28,9 @@ def tracing_problem() -> str | None:
 
 
 def install_tracing(app: FastAPI, settings: Settings) -> None:
+    """Instrument the app when tracing is enabled; the provider is kept on
+    `app.state.tracer_provider` so shutdown can flush the last spans."""
+    app.state.tracer_provider = None
     if not settings.otel_enabled:
         return
     problem = tracing_problem()
@@ -45,6 +48,7 @@ def install_tracing(app: FastAPI, settings: Settings) -> None:
     )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    app.state.tracer_provider = provider
     FastAPIInstrumentor.instrument_app(
         app, tracer_provider=provider, excluded_urls="health,ready,metrics"
     )
