@@ -61,7 +61,7 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
         "auth": AuthSettings(**auth),
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")

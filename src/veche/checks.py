@@ -16,7 +16,11 @@ async def _database(settings: Settings) -> list[str]:
     from veche.kernel.db import Database
     from veche.migrate import current_revision, head_revision
 
-    database = Database.from_settings(settings)
+    try:
+        database = Database.from_settings(settings)
+    except Exception as exc:  # a malformed URL, or a driver that is not installed
+        # The type only: a URL parse error may quote the URL, password included.
+        return [f"database: VECHE_DATABASE_URL cannot be used ({type(exc).__name__})"]
     try:
         await asyncio.wait_for(database.ping(), TIMEOUT_SECONDS)
     except Exception as exc:
@@ -24,6 +28,8 @@ async def _database(settings: Settings) -> list[str]:
     finally:
         await database.dispose()
     current, head = await current_revision(settings), head_revision()
+    if current is None:
+        return ["database: not migrated; run `veche migrate`"]
     if current != head:
         return [f"database: at revision {current}, code expects {head}; run `veche migrate`"]
     return []

@@ -88,13 +88,26 @@ def serve(
 @app.command()
 def migrate(
     revision: Annotated[str, typer.Argument(help="Target revision")] = "head",
+    downgrade: Annotated[
+        bool, typer.Option("--downgrade", help="Go back to REVISION ('base': empty)")
+    ] = False,
 ) -> None:
-    """Apply the database migrations."""
-    from veche.migrate import current_revision, upgrade
+    """Apply the database migrations (or, with --downgrade, revert them)."""
+    from veche import migrate as migrations
 
     settings = _settings()
-    asyncio.run(upgrade(settings, revision))
-    typer.echo(f"Database at revision {asyncio.run(current_revision(settings))}")
+    if downgrade:
+        asyncio.run(migrations.downgrade(settings, revision))
+    else:
+        asyncio.run(migrations.upgrade(settings, revision))
+    current = asyncio.run(migrations.current_revision(settings))
+    target = migrations.head_revision() if revision == "head" else revision
+    if not downgrade and current != target:
+        _fail(
+            [f"the database is at {current}, past {revision}; use --downgrade to go back"],
+            "Nothing was changed:",
+        )
+    typer.echo(f"Database at revision {current or 'base (empty)'}")
 
 
 @users_app.command("create")
@@ -110,6 +123,8 @@ def create_user(
     ] = "",
 ) -> None:
     """Create an account (the password is asked for, or read from VECHE_PASSWORD)."""
+    from sqlalchemy.exc import DBAPIError
+
     from veche.kernel import Kernel
     from veche.kernel.errors import ProblemError
     from veche.kernel.identity import IdentityService
@@ -138,6 +153,9 @@ def create_user(
         user_id = asyncio.run(run())
     except ProblemError as exc:
         _fail([exc.detail or exc.title], "The account was not created:")
+    except DBAPIError as exc:  # most often: the tables do not exist yet
+        reason = f"database error ({type(exc.orig).__name__}); is it migrated (`veche migrate`)?"
+        _fail([reason], "The account was not created:")
     typer.echo(f"Created {'admin' if admin else 'user'} {normalized} ({user_id})")
 
 

@@ -25,6 +25,9 @@ def load_modules(names: list[str] | None = None) -> list[AppModule]:
     """The modules of the named apps, or of every installed app when `names` is None."""
     available = installed_apps()
     chosen = available if names is None else names
+    duplicated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if duplicated:
+        raise UnknownApp(f"apps named more than once: {duplicated}")
     unknown = [name for name in chosen if name not in available]
     if unknown:
         known = ", ".join(available) or "none"

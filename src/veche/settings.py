@@ -9,9 +9,11 @@ and it names all missing or invalid ones in a single message.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import secrets
+import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
@@ -214,17 +216,28 @@ def _dev_secret_key(data_dir: Path) -> str:
     """Read the development key from `var/`, making it once with owner-only permissions."""
     path = data_dir / "secret_key"
     try:
-        return path.read_text(encoding="utf-8").strip()
+        return _read_dev_key(path)
     except FileNotFoundError:
         pass
     data_dir.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(48)
+    # Written whole under a private name (mkstemp: mode 0600), then published with one
+    # link, so a process starting at the same moment sees no key or the whole key, never
+    # an empty file; if another process published first, its key wins.
+    descriptor, draft = tempfile.mkstemp(dir=data_dir, prefix=".secret_key.")
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first: use theirs
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(key)
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            handle.write(secrets.token_urlsafe(48))
+        with contextlib.suppress(FileExistsError):
+            os.link(draft, path)
+    finally:
+        os.unlink(draft)
+    return _read_dev_key(path)
+
+
+def _read_dev_key(path: Path) -> str:
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < MIN_SECRET_KEY_LENGTH:
+        raise ValueError(f"{path} holds no usable key; delete it and a new one is made")
     return key
 
 

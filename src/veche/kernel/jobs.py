@@ -92,7 +92,7 @@ class Scheduler:
         """Run one tick of the job if this process wins its lease; True if it ran."""
         try:
             # The lease outlives the interval slightly so a slow replica does not overlap.
-            if not await acquire_lease(self.kernel.db, job.name, job.interval * 0.9):
+            if not await acquire_lease(self.kernel.db, job.name, job.interval * 1.1):
                 return False
             await job.run(self.kernel)
         except Exception:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
+from starlette.routing import Route, WebSocketRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from veche.kernel.jobs import ScheduledJob
@@ -125,11 +126,14 @@ class AppModule:
         served: set[str] = set()
         for router in self.routers:
             for route in router.routes:
-                if isinstance(route, APIRoute):
-                    for method in route.methods or ():
-                        served.add(f"{method} {route.path}")
-                elif hasattr(route, "path"):
+                if isinstance(route, APIRoute | Route):
+                    served.update(f"{method} {route.path}" for method in route.methods or ())
+                elif isinstance(route, WebSocketRoute):
                     served.add(f"WS {route.path}")
+                else:
+                    raise ManifestError(
+                        f"app {self.name!r}: cannot describe {type(route).__name__} routes"
+                    )
         return served
 
     def validate(self) -> None:

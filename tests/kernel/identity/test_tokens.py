@@ -27,6 +27,8 @@ def _b64(data: dict[str, Any]) -> str:
 def forged(claims: dict[str, Any], *, key: bytes = KEY, **header: Any) -> str:
     headers = {"kid": key_id(KEY), "typ": "at+jwt", **header}
     algorithm = headers.pop("alg", "HS256")
+    if algorithm != "HS256":
+        key = key * 2  # long enough for HS512, so only the algorithm is wrong
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 

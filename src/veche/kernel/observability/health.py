@@ -9,7 +9,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel
 
-from veche.kernel.errors import problem_response
+from veche.kernel.errors import problem_openapi, problem_response
 from veche.kernel.observability import metrics
 
 ReadinessCheck = Callable[[], Awaitable[None]]
@@ -54,7 +54,7 @@ async def health() -> Health:
     "/ready",
     response_model=Readiness,
     summary="Readiness: the database and every configured backend answer",
-    responses={503: {"description": "A dependency is not reachable", "model": Readiness}},
+    responses=problem_openapi(503),
 )
 async def ready(request: Request) -> Response | Readiness:
     checks: dict[str, ReadinessCheck] = request.app.state.readiness_checks

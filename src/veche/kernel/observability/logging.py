@@ -85,3 +85,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logging.getLogger(name).propagate = True
     # Our access line replaces uvicorn's, which would log raw query strings.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every outgoing URL at INFO, and some APIs carry secrets in the URL
+    # (Telegram's bot token is part of the path).
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,253 @@
+"""The database layer: keys, UTC time, SQLite pragmas, units of work, and migrations that
+build exactly the schema the models describe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
+
+from tests.conftest import make_settings
+from veche.kernel import Kernel
+from veche.kernel.audit import AuditEvent
+from veche.kernel.db import Base, create_engine, new_id
+from veche.kernel.errors import Conflict, ProblemError
+from veche.kernel.identity.models import AuthSession
+from veche.migrate import current_revision, downgrade, head_revision, upgrade
+from veche.settings import Settings
+
+MODEL_TABLES = set(Base.metadata.tables)
+
+
+def audit_event(**overrides: Any) -> AuditEvent:
+    values: dict[str, Any] = {
+        "id": new_id(),
+        "occurred_at": dt.datetime.now(dt.UTC),
+        "actor_id": None,
+        "action": "test.thing.done",
+        "data": {},
+    }
+    values.update(overrides)
+    return AuditEvent(**values)
+
+
+async def stored_actions(kernel: Kernel) -> list[str]:
+    async with kernel.db.unit_of_work() as session:
+        result = await session.scalars(select(AuditEvent.action).order_by(AuditEvent.action))
+        return list(result)
+
+
+async def table_names(settings: Settings, url: str) -> set[str]:
+    engine = create_engine(settings, url)
+    try:
+        async with engine.connect() as connection:
+            names: list[str] = await connection.run_sync(
+                lambda sync: inspect(sync).get_table_names()
+            )
+    finally:
+        await engine.dispose()
+    return set(names)
+
+
+# -- keys and time ----------------------------------------------------------------------
+
+
+def test_new_id_is_a_uuid7_that_sorts_by_creation() -> None:
+    before_ms = time.time_ns() // 1_000_000
+    ids = [new_id() for _ in range(2000)]
+
+    assert all(isinstance(value, UUID) and value.version == 7 for value in ids)
+    assert all(value.variant == "specified in RFC 4122" for value in ids)
+    assert len(set(ids)) == len(ids)
+    assert ids == sorted(ids)
+    assert [str(value) for value in ids] == sorted(str(value) for value in ids)
+    # The first 48 bits are the Unix time in milliseconds.
+    assert ids[0].int >> 80 >= before_ms
+
+
+async def test_utc_column_round_trips_aware_datetimes_as_utc(kernel: Kernel) -> None:
+    moscow = dt.timezone(dt.timedelta(hours=3))
+    written = dt.datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=moscow)
+    event = audit_event(occurred_at=written)
+    async with kernel.db.unit_of_work() as session:
+        session.add(event)
+
+    async with kernel.db.unit_of_work() as session:
+        read = await session.scalar(select(AuditEvent.occurred_at).where(AuditEvent.id == event.id))
+
+    assert read == written
+    assert read is not None
+    assert read.utcoffset() == dt.timedelta(0)
+    assert (read.hour, read.minute, read.microsecond) == (9, 30, 123456)
+
+
+async def test_utc_column_compares_across_zones(kernel: Kernel) -> None:
+    noon_utc = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+    async with kernel.db.unit_of_work() as session:
+        session.add(audit_event(action="early", occurred_at=noon_utc - dt.timedelta(hours=1)))
+        session.add(audit_event(action="late", occurred_at=noon_utc + dt.timedelta(hours=1)))
+
+    # 12:00 UTC written as 15:00 in UTC+3: the comparison must happen in UTC.
+    cutoff = noon_utc.astimezone(dt.timezone(dt.timedelta(hours=3)))
+    async with kernel.db.unit_of_work() as session:
+        before = await session.scalars(
+            select(AuditEvent.action).where(AuditEvent.occurred_at < cutoff)
+        )
+        assert list(before) == ["early"]
+
+
+async def test_utc_column_refuses_naive_datetimes(kernel: Kernel) -> None:
+    naive = dt.datetime(2026, 3, 1, 12, 0)
+
+    with pytest.raises(StatementError, match="naive datetime given to a UTC column"):
+        async with kernel.db.unit_of_work() as session:
+            session.add(audit_event(occurred_at=naive))
+
+    with pytest.raises(StatementError, match="naive datetime given to a UTC column"):
+        async with kernel.db.unit_of_work() as session:
+            await session.execute(select(AuditEvent).where(AuditEvent.occurred_at < naive))
+
+    assert await stored_actions(kernel) == []
+
+
+# -- connections ------------------------------------------------------------------------
+
+
+async def test_sqlite_connections_enforce_foreign_keys_and_use_wal(
+    settings: Settings, tmp_path: Path
+) -> None:
+    engine = create_engine(settings, f"sqlite+aiosqlite:///{tmp_path / 'fresh' / 'pragmas.db'}")
+    try:
+        async with engine.connect() as connection:
+            foreign_keys = await connection.scalar(text("PRAGMA foreign_keys"))
+            journal_mode = await connection.scalar(text("PRAGMA journal_mode"))
+            busy_timeout = await connection.scalar(text("PRAGMA busy_timeout"))
+    finally:
+        await engine.dispose()
+
+    assert foreign_keys == 1
+    assert journal_mode == "wal"
+    assert busy_timeout == settings.sqlite_busy_timeout_ms
+    assert (tmp_path / "fresh" / "pragmas.db").exists()
+
+
+async def test_foreign_keys_are_enforced(kernel: Kernel) -> None:
+    now = dt.datetime.now(dt.UTC)
+    orphan = AuthSession(
+        id=new_id(),
+        user_id=new_id(),
+        created_at=now,
+        last_used_at=now,
+        expires_at=now + dt.timedelta(days=1),
+    )
+    with pytest.raises(IntegrityError):
+        async with kernel.db.unit_of_work() as session:
+            session.add(orphan)
+
+    async with kernel.db.unit_of_work() as session:
+        assert await session.scalar(select(func.count()).select_from(AuthSession)) == 0
+
+
+async def test_ping_and_pool_status(kernel: Kernel) -> None:
+    await kernel.db.ping()
+    status = kernel.db.pool_status()
+    assert status["checkedout"] == 0
+    assert kernel.db.dialect in ("sqlite", "postgresql")
+
+
+# -- units of work ----------------------------------------------------------------------
+
+
+async def test_unit_of_work_commits_on_success(kernel: Kernel) -> None:
+    async with kernel.db.unit_of_work() as session:
+        session.add(audit_event(action="kept"))
+
+    assert await stored_actions(kernel) == ["kept"]
+
+
+async def write_then_fail(kernel: Kernel, action: str, error: Exception) -> None:
+    """Write an audit row into a unit of work's transaction, then fail with `error`."""
+    async with kernel.db.unit_of_work() as session:
+        session.add(audit_event(action=action))
+        await session.flush()
+        raise error
+
+
+async def test_unit_of_work_rolls_back_on_an_exception(kernel: Kernel) -> None:
+    with pytest.raises(RuntimeError, match="broke"):
+        await write_then_fail(kernel, "lost", RuntimeError("broke"))
+
+    assert await stored_actions(kernel) == []
+
+
+async def test_unit_of_work_commits_when_a_problem_asks_for_it(kernel: Kernel) -> None:
+    with pytest.raises(Conflict):
+        await write_then_fail(kernel, "failure.recorded", Conflict("expected", commit=True))
+
+    assert await stored_actions(kernel) == ["failure.recorded"]
+
+
+async def test_unit_of_work_rolls_back_a_problem_by_default(kernel: Kernel) -> None:
+    with pytest.raises(ProblemError):
+        await write_then_fail(kernel, "lost", ProblemError("expected", commit=False))
+    with pytest.raises(ProblemError):
+        await write_then_fail(kernel, "lost.too", ProblemError("expected"))
+
+    assert await stored_actions(kernel) == []
+
+
+# -- migrations -------------------------------------------------------------------------
+
+
+async def test_migrations_are_reversible(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'reversible.db'}"
+    settings = make_settings(tmp_path, url)
+
+    await upgrade(settings)
+    assert await table_names(settings, url) == MODEL_TABLES | {"alembic_version"}
+    assert await current_revision(settings) == head_revision()
+
+    await downgrade(settings, "base")
+    assert await table_names(settings, url) <= {"alembic_version"}
+    assert await current_revision(settings) is None
+
+    await upgrade(settings)
+    assert await table_names(settings, url) == MODEL_TABLES | {"alembic_version"}
+    assert await current_revision(settings) == head_revision()
+
+
+async def test_models_match_the_migrations(settings: Settings) -> None:
+    def differences(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        result: list[Any] = compare_metadata(context, Base.metadata)
+        return result
+
+    engine = create_engine(settings)
+    try:
+        async with engine.connect() as connection:
+            diff = await connection.run_sync(differences)
+    finally:
+        await engine.dispose()
+
+    assert diff == []
+
+
+async def test_the_test_database_is_at_the_head_revision(settings: Settings) -> None:
+    head = head_revision()
+
+    assert head is not None
+    assert await current_revision(settings) == head
+
+
+async def test_every_model_table_exists_in_the_migrated_database(settings: Settings) -> None:
+    assert await table_names(settings, settings.resolved_database_url) >= MODEL_TABLES
