@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from fastapi import APIRouter
 from fastapi.routing import APIRoute
-from starlette.routing import Route, WebSocketRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.routing import Route, WebSocketRoute
 
 from veche.kernel.jobs import ScheduledJob
 
