@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -207,8 +208,28 @@ async def test_unit_of_work_rolls_back_a_problem_by_default(kernel: Kernel) -> N
 # -- migrations -------------------------------------------------------------------------
 
 
-async def test_migrations_are_reversible(tmp_path: Path) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'reversible.db'}"
+@pytest.fixture
+async def scratch_database_url(tmp_path: Path, database_url: str) -> AsyncIterator[str]:
+    """An empty database of the suite's kind: a new SQLite file, or a new PostgreSQL
+    database next to the test database (dropped afterwards)."""
+    if not database_url.startswith("postgresql"):
+        yield f"sqlite+aiosqlite:///{tmp_path / 'reversible.db'}"
+        return
+    name = f"veche_scratch_{new_id().hex[:12]}"
+    admin = create_engine(make_settings(tmp_path, database_url))
+    admin = admin.execution_options(isolation_level="AUTOCOMMIT")
+    async with admin.connect() as connection:
+        await connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield database_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def test_migrations_are_reversible(tmp_path: Path, scratch_database_url: str) -> None:
+    url = scratch_database_url
     settings = make_settings(tmp_path, url)
 
     await upgrade(settings)
