@@ -155,6 +155,35 @@ def code_for_status(status: int) -> str:
     return _STATUS_CODES.get(status, f"http_{status}")
 
 
+INTERNAL_ERROR_DETAIL = (
+    "The server failed to handle this request; quote the request id when reporting it."
+)
+
+
+def problem_document(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    instance: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The problem details object, with the current request's id."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_PREFIX + code,
+        "title": title,
+        "status": status,
+        "detail": detail if detail is not None else title,
+        "code": code,
+        "request_id": current_request_id(),
+    }
+    if instance is not None:
+        body["instance"] = instance
+    body.update(extra or {})
+    return body
+
+
 def problem_response(
     status: int,
     code: str,
@@ -165,17 +194,8 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> Response:
-    body: dict[str, Any] = {
-        "type": PROBLEM_TYPE_PREFIX + code,
-        "title": title,
-        "status": status,
-        "detail": detail if detail is not None else title,
-        "code": code,
-        "request_id": current_request_id(),
-    }
-    if request is not None:
-        body["instance"] = request.url.path
-    body.update(extra or {})
+    instance = request.url.path if request is not None else None
+    body = problem_document(status, code, title, detail, instance=instance, extra=extra)
     return Response(
         content=orjson.dumps(body),
         status_code=status,
@@ -245,7 +265,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> Response:
         500,
         "internal_error",
         "Internal server error",
-        "The server failed to handle this request; quote the request id when reporting it.",
+        INTERNAL_ERROR_DETAIL,
         request=request,
     )
 

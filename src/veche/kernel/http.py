@@ -25,10 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from veche.kernel.context import RequestContext, bind_request, unbind_request
 from veche.kernel.db import new_id
 from veche.kernel.errors import (
+    INTERNAL_ERROR_DETAIL,
     PROBLEM_MEDIA_TYPE,
-    PROBLEM_TYPE_PREFIX,
+    FieldError,
     ProblemError,
+    UnprocessableContent,
     code_for_status,
+    problem_document,
     problem_openapi,
 )
 from veche.kernel.observability import metrics
@@ -53,26 +56,66 @@ def _is_json(content_type: str) -> bool:
     )
 
 
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(key) or _holds_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(item) for item in value)
+    return False
+
+
+_NUL_MESSAGE = "must not contain NUL characters"
+
+
+async def _nul_errors(request: Request, json_body: bool) -> list[FieldError]:
+    """Where the request carries NUL characters in text (PostgreSQL cannot store them)."""
+    errors = [
+        FieldError(loc=["query", name.replace("\x00", "")], msg=_NUL_MESSAGE, type="nul_character")
+        for name, value in request.query_params.multi_items()
+        if "\x00" in name or "\x00" in value
+    ]
+    errors += [
+        FieldError(loc=["path", name], msg=_NUL_MESSAGE, type="nul_character")
+        for name, value in request.path_params.items()
+        if isinstance(value, str) and "\x00" in value
+    ]
+    if json_body:
+        body = await request.body()  # cached: the handler reads the same bytes
+        if b"\\u0000" in body:  # the only way JSON can spell NUL: decode to be sure
+            try:
+                if _holds_nul(orjson.loads(body)):
+                    errors.append(FieldError(loc=["body"], msg=_NUL_MESSAGE, type="nul_character"))
+            except orjson.JSONDecodeError:
+                pass  # the handler reports malformed JSON itself
+    return errors
+
+
 class KernelRoute(APIRoute):
-    """An APIRoute that answers 415 when a JSON body arrives as anything but JSON."""
+    """An APIRoute with the kernel's input rules: a JSON body must arrive as JSON (415),
+    and no text may carry NUL characters (422), which PostgreSQL cannot store."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        if self.body_field is None or isinstance(self.body_field.field_info, params.Form):
-            return handler
+        json_body = self.body_field is not None and not isinstance(
+            self.body_field.field_info, params.Form
+        )
 
-        async def json_only(request: Request) -> Response:
-            content_type = request.headers.get("content-type")
-            has_body = request.headers.get("content-length", "0") != "0" or (
-                "transfer-encoding" in request.headers
-            )
-            if (content_type is not None or has_body) and not _is_json(content_type or ""):
-                raise UnsupportedMediaType(
-                    f"Send this body as application/json, not {content_type or 'untyped bytes'}"
+        async def checked(request: Request) -> Response:
+            if json_body:
+                content_type = request.headers.get("content-type")
+                has_body = request.headers.get("content-length", "0") != "0" or (
+                    "transfer-encoding" in request.headers
                 )
+                if (content_type is not None or has_body) and not _is_json(content_type or ""):
+                    shown = content_type or "untyped bytes"
+                    raise UnsupportedMediaType(f"Send this body as application/json, not {shown}")
+            if errors := await _nul_errors(request, json_body):
+                raise UnprocessableContent("Text must not contain NUL characters", errors)
             return await handler(request)
 
-        return json_only
+        return checked
 
 
 def api_router(
@@ -136,18 +179,12 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else "<unmatched>"
 
 
-def _problem_body(status: int, detail: str, request_id: str) -> bytes:
-    code = code_for_status(status)
-    return orjson.dumps(
-        {
-            "type": PROBLEM_TYPE_PREFIX + code,
-            "title": detail,
-            "status": status,
-            "detail": detail,
-            "code": code,
-            "request_id": request_id,
-        }
+def _problem_body(status: int, scope: Scope, detail: str | None = None) -> bytes:
+    title = _status_phrase(status)
+    document = problem_document(
+        status, code_for_status(status), title, detail, instance=scope.get("path")
     )
+    return orjson.dumps(document)
 
 
 class RequestMiddleware:
@@ -190,7 +227,7 @@ class RequestMiddleware:
                     # A framework-level error (e.g. a body over the limit on an unknown
                     # path) answered in plain text: keep the status, speak problem+json.
                     state["replace"] = True
-                    body = _problem_body(status, _status_phrase(status), request_id)
+                    body = _problem_body(status, scope)
                     response_headers["content-type"] = PROBLEM_MEDIA_TYPE
                     response_headers["content-length"] = str(len(body))
                     await send(message)
@@ -208,7 +245,7 @@ class RequestMiddleware:
             error_log.error("unhandled_exception", exc_info=exc, path=scope.get("path"))
             if state["started"] or scope["type"] != "http":
                 raise
-            await _send_internal_error(send, request_id)
+            await _send_internal_error(send, scope, request_id)
         finally:
             metrics.IN_FLIGHT.dec()
             self._record(scope, context, state["status"], time.perf_counter() - started)
@@ -233,8 +270,8 @@ class RequestMiddleware:
             )
 
 
-async def _send_internal_error(send: Send, request_id: str) -> None:
-    body = _problem_body(500, "Internal server error", request_id)
+async def _send_internal_error(send: Send, scope: Scope, request_id: str) -> None:
+    body = _problem_body(500, scope, INTERNAL_ERROR_DETAIL)
     await send(
         {
             "type": "http.response.start",

@@ -402,3 +402,31 @@ async def test_password_change_needs_the_old_password_and_signs_out_others(
 async def test_update_me_needs_authentication(client: httpx.AsyncClient) -> None:
     response = await client.patch("/api/v1/me", json={"display_name": "X"})
     assert_problem(response, 401, "unauthorized")
+
+
+async def test_nul_characters_are_refused_before_they_reach_the_database(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    await register(client)
+    response = await client.post(
+        "/api/v1/auth/login",
+        json={"email": "ann@example.com", "password": PASSWORD, "device_name": "pho\u0000ne"},
+    )
+    body = assert_problem(response, 422, "validation_failed")
+    assert body["errors"] == [
+        {"loc": ["body"], "msg": "must not contain NUL characters", "type": "nul_character"}
+    ]
+    response = await client.post(
+        "/api/v1/auth/register",
+        json={"email": "bob@example.com", "password": PASSWORD, "display_name": {"a\u0000": 1}},
+    )
+    assert_problem(response, 422, "validation_failed")
+    assert await count(app, AuthSession) == 0
+    assert await count(app, User) == 1
+    # A backslash followed by "u0000" is ordinary text, not a NUL.
+    tokens = await login(client)
+    response = await client.patch(
+        "/api/v1/me", json={"display_name": "C:\\u0000"}, headers=bearer(tokens)
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["display_name"] == "C:\\u0000"

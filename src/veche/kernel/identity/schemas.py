@@ -43,7 +43,11 @@ def check_locale(value: str) -> str:
     return value
 
 
-Email = Annotated[str, Field(max_length=320), AfterValidator(normalize_email)]
+Email = Annotated[
+    str,
+    Field(min_length=3, max_length=320, json_schema_extra={"format": "email"}),
+    AfterValidator(normalize_email),
+]
 DisplayName = Annotated[
     str, Field(min_length=1, max_length=100), AfterValidator(clean_display_name)
 ]
