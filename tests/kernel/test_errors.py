@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tests.conftest import PASSWORD, client_for
-from tests.helpers import assert_problem, register
+from tests.helpers import assert_problem, bearer, register, signed_up
 from veche.kernel import AuditEvent, Kernel
 from veche.kernel.identity.models import User
 from veche.settings import Settings
@@ -102,6 +102,20 @@ async def test_streamed_body_over_the_limit_is_413(
     assert "content-length" not in response.request.headers
     assert response.request.headers["transfer-encoding"] == "chunked"
     assert_problem(response, 413, "payload_too_large")
+
+
+async def test_an_oversized_body_to_a_bodyless_route_changes_nothing(
+    small_body_client: httpx.AsyncClient, app_factory: Callable[..., Any]
+) -> None:
+    tokens = await signed_up(small_body_client)
+    response = await small_body_client.post(
+        "/api/v1/auth/logout",
+        content=b"x" * (BODY_LIMIT * 2),
+        headers={**bearer(tokens), "content-type": "text/plain"},
+    )
+    assert_problem(response, 413, "payload_too_large")
+    # The session was not signed out: the handler never ran.
+    assert (await small_body_client.get("/api/v1/me", headers=bearer(tokens))).status_code == 200
 
 
 async def test_huge_body_to_an_unknown_path_is_still_a_problem(
