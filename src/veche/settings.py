@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     database_pool_timeout_seconds: PositiveFloat = 10.0
     database_pool_recycle_seconds: PositiveInt = 1800
     database_echo: bool = False
+    # A ping before each checkout costs three round trips on asyncpg; stale connections
+    # are otherwise dropped by `pool_recycle` and replaced after the first failed use.
+    database_pre_ping: bool = False
     sqlite_busy_timeout_ms: PositiveInt = 5000
 
     redis_url: str | None = None

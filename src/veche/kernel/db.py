@@ -130,7 +130,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         max_overflow=settings.database_max_overflow,
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_recycle=settings.database_pool_recycle_seconds,
-        pool_pre_ping=True,
+        pool_pre_ping=settings.database_pre_ping,
     )
 
 

@@ -12,18 +12,21 @@ from veche.kernel.runtime import Kernel
 from veche.settings import Settings
 
 
-def get_kernel(request: Request) -> Kernel:
+# Async, though it awaits nothing: FastAPI runs plain `def` dependencies in a thread pool.
+async def get_kernel(request: Request) -> Kernel:
     kernel: Kernel = request.app.state.kernel
     return kernel
 
 
-def get_settings(request: Request) -> Settings:
-    return get_kernel(request).settings
+async def get_settings(request: Request) -> Settings:
+    kernel: Kernel = request.app.state.kernel
+    return kernel.settings
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One unit of work per request: committed before the response is sent."""
-    async with get_kernel(request).db.unit_of_work() as session:
+    kernel: Kernel = request.app.state.kernel
+    async with kernel.db.unit_of_work() as session:
         yield session
 
 

@@ -1,4 +1,4 @@
-"""Rate limits on the `limits` library: moving windows in memory, or in Redis when
+"""Rate limits on the `limits` library: sliding window counters in memory, or in Redis when
 `VECHE_REDIS_URL` is set so every replica shares them.
 
 Routes declare a named policy (`Depends(rate_limit("auth"))`); the policy's limits come
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from limits import RateLimitItem, parse_many
 from limits.aio.storage import MemoryStorage, Storage
-from limits.aio.strategies import MovingWindowRateLimiter
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
 
 from veche.kernel.context import current_request
@@ -57,7 +57,9 @@ class RateLimiter:
 
     def __init__(self, settings: Settings) -> None:
         self.storage = _storage(settings)
-        self._strategy = MovingWindowRateLimiter(self.storage)
+        # Sliding window counters: O(1) per hit in memory and Redis, and close to a moving
+        # window's accuracy (a moving window keeps one entry per request).
+        self._strategy = SlidingWindowCounterRateLimiter(self.storage)
         self._parsed: dict[str, list[RateLimitItem]] = {}
         self._policies = {name: self.items(spec) for name, spec in settings.rate_limits.items()}
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -24,6 +25,7 @@ ALGORITHM = "HS256"
 ALLOWED_ALGORITHMS = frozenset({ALGORITHM})
 ACCESS_TOKEN_TYPE = "at+jwt"  # noqa: S105 - RFC 9068 token type
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "sid", "jti"]
+VERIFIED_CACHE_SIZE = 4096
 
 
 class InvalidToken(Exception):
@@ -62,6 +64,10 @@ class AccessTokens:
         self._signing_kid = key_id(keys[0])
         self._verify_keys = {key_id(key): key for key in keys}
         self._auth = auth
+        # Tokens whose signature and claims were verified, newest use last. A token's bytes
+        # never change, so only its expiry needs checking again; parsing and HMAC-checking
+        # it on every request cost more than the rest of an authenticated read.
+        self._verified: OrderedDict[str, AccessClaims] = OrderedDict()
 
     def issue(self, user_id: UUID, session_id: UUID) -> tuple[str, int]:
         """A signed access token for this user and session, and its lifetime in seconds."""
@@ -84,6 +90,21 @@ class AccessTokens:
         return token, ttl
 
     def verify(self, token: str) -> AccessClaims:
+        """The claims of a token this service issued and that has not expired."""
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._verify_fully(token)
+            self._verified[token] = claims
+            if len(self._verified) > VERIFIED_CACHE_SIZE:
+                self._verified.popitem(last=False)
+        else:
+            if time.time() >= claims.expires_at + self._auth.clock_skew_seconds:
+                del self._verified[token]
+                raise InvalidToken("token expired", expired=True)
+            self._verified.move_to_end(token)
+        return claims
+
+    def _verify_fully(self, token: str) -> AccessClaims:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
