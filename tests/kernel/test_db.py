@@ -13,13 +13,13 @@ from uuid import UUID
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Connection, bindparam, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError, StatementError
 
 from tests.conftest import make_settings
 from veche.kernel import Kernel
 from veche.kernel.audit import AuditEvent
-from veche.kernel.db import Base, create_engine, new_id
+from veche.kernel.db import Base, Database, create_engine, new_id
 from veche.kernel.errors import Conflict, ProblemError
 from veche.kernel.identity.models import AuthSession
 from veche.migrate import current_revision, downgrade, head_revision, upgrade
@@ -272,3 +272,23 @@ async def test_the_test_database_is_at_the_head_revision(settings: Settings) -> 
 
 async def test_every_model_table_exists_in_the_migrated_database(settings: Settings) -> None:
     assert await table_names(settings, settings.resolved_database_url) >= MODEL_TABLES
+
+
+# -- single reads outside a unit of work ------------------------------------------------
+
+
+async def test_read_one_returns_detached_rows_or_none(kernel: Kernel) -> None:
+    async with kernel.db.unit_of_work() as session:
+        session.add(audit_event(action="test.read.one"))
+    statement = select(AuditEvent).where(AuditEvent.action == bindparam("action"))
+    row = await kernel.db.read_one(statement, {"action": "test.read.one"})
+    assert row is not None
+    event = row[0]
+    assert event.action == "test.read.one"
+    assert inspect(event).detached
+    assert await kernel.db.read_one(statement, {"action": "test.read.none"}) is None
+
+
+def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="needs a SQLite file"):
+        Database(make_settings(tmp_path, "sqlite+aiosqlite:///:memory:"))

@@ -8,14 +8,16 @@ Alembic can change them on both databases. Alembic is the only way a schema is m
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 from uuid import UUID
 
+import sqlalchemy
 import uuid6
-from sqlalchemy import DateTime, MetaData, event, text
+from sqlalchemy import DateTime, MetaData, Row, event, make_url, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -23,12 +25,15 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql import Executable
 from sqlalchemy.types import TypeDecorator, Uuid
 
 from veche.kernel.errors import ProblemError
 from veche.settings import Settings
+
+AnyRow = Row[*tuple[Any, ...]]
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -103,7 +108,7 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
-def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
+def create_engine(settings: Settings, url: str | None = None, **options: Any) -> AsyncEngine:
     """An engine for the configured database, with pool settings and SQLite pragmas."""
     url = url or settings.resolved_database_url
     if url.startswith("sqlite"):
@@ -118,6 +123,7 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout=settings.database_pool_timeout_seconds,
+            **options,
         )
         event.listen(
             engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms)
@@ -131,19 +137,83 @@ def create_engine(settings: Settings, url: str | None = None) -> AsyncEngine:
         pool_timeout=settings.database_pool_timeout_seconds,
         pool_recycle=settings.database_pool_recycle_seconds,
         pool_pre_ping=settings.database_pre_ping,
+        **options,
     )
 
 
-class Database:
-    """The engine and session factory one process shares."""
+class _ThreadedSQLiteReads:
+    """Single reads on a synchronous SQLite engine in a worker thread: one thread hop per
+    read, where aiosqlite takes five or six (cursor, execute, fetch, close, commit, reset)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
-        self.sessions = async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    def __init__(self, settings: Settings, url: str) -> None:
+        sync_url = make_url(url).set(drivername="sqlite")
+        self.engine = sqlalchemy.create_engine(
+            sync_url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_timeout=settings.database_pool_timeout_seconds,
+            connect_args={"check_same_thread": False},
+        )
+        event.listen(self.engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
+
+    def _one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
+        with Session(self.engine) as session:
+            return session.execute(statement, params).one_or_none()
+
+    async def one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
+        return await asyncio.to_thread(self._one, statement, params)
+
+    async def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class _AutocommitReads:
+    """Single reads on autocommit connections of their own pool: one round trip per read,
+    without the BEGIN and COMMIT a unit of work sends."""
+
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.engine = create_engine(settings, url, isolation_level="AUTOCOMMIT")
+        self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    async def one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
+        async with self._sessions() as session:
+            return (await session.execute(statement, params)).one_or_none()
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+class Database:
+    """The engine and session factory one process shares, and a fast path for single
+    reads that need no unit of work (the per-request session lookup)."""
+
+    def __init__(self, settings: Settings, url: str | None = None) -> None:
+        url = url or settings.resolved_database_url
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+            # Each connection would see its own empty database.
+            raise ValueError("Veche needs a SQLite file, not an in-memory database")
+        self.engine = create_engine(settings, url)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        self._reads: _ThreadedSQLiteReads | _AutocommitReads = (
+            _ThreadedSQLiteReads(settings, url)
+            if self.engine.dialect.name == "sqlite"
+            else _AutocommitReads(settings, url)
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
-        return cls(create_engine(settings))
+        return cls(settings)
+
+    async def read_one(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> AnyRow | None:
+        """One row (or none) of a read-only statement, outside any unit of work.
+
+        ORM objects in the row are detached: to change one, load or merge it into the
+        request's session.
+        """
+        return await self._reads.one(statement, params or {})
 
     @property
     def dialect(self) -> str:
@@ -186,3 +256,4 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self._reads.dispose()

@@ -101,6 +101,11 @@ class RateLimiter:
     ) -> LimitState:
         stats = await self._strategy.get_window_stats(item, *identifiers)
         reset_after = max(0, math.ceil(stats.reset_time - time.time()))
+        if reset_after == 0 and stats.remaining < item.amount:
+            # In a window's first second the Redis storage reports a TTL of exactly two
+            # windows, which the sliding-window arithmetic turns into "resets now": the
+            # window has in fact just begun.
+            reset_after = item.get_expiry()
         return LimitState(
             allowed=allowed,
             limit=item.amount,

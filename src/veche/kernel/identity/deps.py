@@ -9,11 +9,11 @@ from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from veche.kernel.context import current_request
-from veche.kernel.deps import DbSession, KernelDep
+from veche.kernel.deps import KernelDep
 from veche.kernel.errors import Unauthorized
 from veche.kernel.identity.errors import PermissionDenied
 from veche.kernel.identity.models import User
-from veche.kernel.identity.service import Authenticated, IdentityService
+from veche.kernel.identity.service import Authenticated, authenticate
 
 bearer_scheme = HTTPBearer(
     auto_error=False,
@@ -34,13 +34,12 @@ def has_permission(user: User, permission: str) -> bool:
 
 
 async def current_auth(
-    session: DbSession,
     kernel: KernelDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Authenticated:
     if credentials is None:
         raise Unauthorized("Send an access token as 'Authorization: Bearer <token>'")
-    authenticated = await IdentityService(session, kernel).authenticate(credentials.credentials)
+    authenticated = await authenticate(kernel, credentials.credentials)
     context = current_request()
     if context is not None:
         context.user_id = authenticated.user.id
@@ -54,6 +53,8 @@ async def current_user(authenticated: CurrentAuth) -> User:
     return authenticated.user
 
 
+# The caller's account, read per request outside the unit of work: detached, so load or
+# merge it into the request's session (`IdentityService` does) before changing it.
 CurrentUser = Annotated[User, Depends(current_user)]
 
 
