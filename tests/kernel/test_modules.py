@@ -265,7 +265,15 @@ def test_consumers_are_refused_until_the_kernel_supports_them() -> None:
     module = mini_module()
     module.consumers = [object()]
 
-    with pytest.raises(ManifestError, match="event consumers and channel policies"):
+    with pytest.raises(ManifestError, match="event consumers are not supported yet"):
+        module.validate()
+
+
+def test_channel_policies_are_refused_until_the_kernel_supports_them() -> None:
+    module = mini_module()
+    module.channel_policies = {"mini:": object()}
+
+    with pytest.raises(ManifestError, match="channel policies are not supported yet"):
         module.validate()
 
 

@@ -149,7 +149,9 @@ class AppModule:
         check = self.manifest.health_check
         if check is not None and check not in served:
             problems.append(f"health_check {check!r} is not a served route")
-        if self.consumers or self.channel_policies:
-            problems.append("event consumers and channel policies are not supported yet")
+        if self.consumers:
+            problems.append("event consumers are not supported yet")
+        if self.channel_policies:
+            problems.append("channel policies are not supported yet")
         if problems:
             raise ManifestError(f"app {self.name!r}: " + "; ".join(problems))
