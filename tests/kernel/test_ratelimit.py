@@ -176,7 +176,10 @@ async def test_the_tightest_of_several_limits_decides(
         assert_problem(refused, 429, "rate_limited")
         limit, remaining, reset = limit_headers(refused)
         assert (limit, remaining) == (2, 0)
-        assert 60 < reset <= 3600
+        # A sliding window frees a request once the previous window's weight has decayed,
+        # which may be any time within the hour (even seconds, near an hour boundary).
+        assert 0 < reset <= 3600
+        assert int(refused.headers["retry-after"]) == max(reset, 1)
 
 
 async def test_policies_have_separate_budgets(
