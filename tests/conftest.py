@@ -25,6 +25,7 @@ from veche.settings import AuthSettings, Settings
 
 TEST_DATABASE_URL = os.environ.get("VECHE_TEST_DATABASE_URL")
 TEST_REDIS_URL = os.environ.get("VECHE_TEST_REDIS_URL")
+TEST_EVENTS_URL = os.environ.get("VECHE_TEST_EVENTS_URL")
 TEST_SECRET = "test-secret-key-that-is-long-enough-0123456789"
 PASSWORD = "a quiet lighthouse keeps time"
 
@@ -55,6 +56,7 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
         "data_dir": data_dir,
         "database_url": database_url,
         "redis_url": TEST_REDIS_URL,
+        "events_url": TEST_EVENTS_URL,
         "secret_key": TEST_SECRET,
         "log_level": "warning",
         "rate_limits": GENEROUS_LIMITS,

@@ -3,21 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from uuid import UUID
 
 import typer
 from pydantic import ValidationError
 
 from veche.settings import Settings, load_settings
 
+if TYPE_CHECKING:
+    from veche.kernel import Kernel
+
+T = TypeVar("T")
+
 app = typer.Typer(help="Veche: five AI-native products on one kernel.", no_args_is_help=True)
 users_app = typer.Typer(help="Manage accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
+events_app = typer.Typer(
+    help="Operate durable events: consumers, dead letters, replays.", no_args_is_help=True
+)
+app.add_typer(events_app, name="events")
 
 
 def _fail(lines: list[str], title: str) -> NoReturn:
@@ -184,6 +196,134 @@ def check() -> None:
     if problems:
         _fail(problems, f"{len(problems)} problem(s) found:")
     typer.secho("Settings valid; every configured backend answers.", fg=typer.colors.GREEN)
+
+
+@app.command()
+def worker(
+    apps: Annotated[
+        str | None, typer.Option(help="Comma-separated apps to run (default: all installed)")
+    ] = None,
+) -> None:
+    """Run event consumers, the outbox relay and scheduled jobs, serving no HTTP."""
+    import signal
+
+    from veche.server import create_app
+
+    if apps is not None:
+        os.environ["VECHE_APPS"] = apps
+    application = create_app(_settings(role="worker"))
+
+    async def run() -> None:
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stopping.set)
+        async with application.router.lifespan_context(application):
+            typer.echo("Veche worker running (consumers, relay, jobs); Ctrl-C stops it")
+            await stopping.wait()
+
+    asyncio.run(run())
+
+
+def _with_events(action: Callable[[Kernel], Awaitable[T]]) -> T:
+    """Run `action` on a kernel with the enabled apps' events and consumers installed."""
+    from veche.kernel import Kernel
+    from veche.kernel.errors import ProblemError
+    from veche.registry import load_modules
+
+    settings = _settings()
+    modules = load_modules(settings.apps)
+
+    async def run() -> T:
+        kernel = Kernel.from_settings(settings)
+        kernel.events.install(modules)
+        try:
+            return await action(kernel)
+        finally:
+            await kernel.close()
+
+    try:
+        return asyncio.run(run())
+    except ProblemError as exc:
+        _fail([exc.detail or exc.title], "Nothing was done:")
+
+
+@events_app.command("consumers")
+def events_consumers() -> None:
+    """List the enabled apps' consumers with their lag and dead letters."""
+    from veche.kernel.events.service import consumer_statuses
+
+    statuses = _with_events(consumer_statuses)
+    if not statuses:
+        typer.echo("No event consumers in the enabled apps.")
+    for status in statuses:
+        typer.echo(
+            f"{status.name}  lag={status.lag}  dead_letters={status.dead_letters}  "
+            f"types={','.join(status.event_types)}"
+        )
+
+
+@events_app.command("dead-letters")
+def events_dead_letters(
+    consumer: Annotated[str | None, typer.Option(help="Only this consumer's")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many")] = 50,
+) -> None:
+    """List dead letters, newest first."""
+    from sqlalchemy import select
+
+    from veche.kernel.events import DeadLetter
+
+    async def read(kernel: Kernel) -> list[DeadLetter]:
+        statement = select(DeadLetter).order_by(DeadLetter.created_at.desc()).limit(limit)
+        if consumer is not None:
+            statement = statement.where(DeadLetter.consumer == consumer)
+        async with kernel.db.sessions() as session:
+            return list(await session.scalars(statement))
+
+    letters = _with_events(read)
+    if not letters:
+        typer.echo("No dead letters.")
+    for letter in letters:
+        typer.echo(
+            f"{letter.id}  {letter.consumer}  {letter.event_type}  event={letter.event_id}  "
+            f"attempts={letter.attempts}  {letter.error_type}: {letter.error_message[:200]}"
+        )
+
+
+@events_app.command("replay")
+def events_replay(
+    dead_letter_id: Annotated[UUID | None, typer.Argument(help="The dead letter to replay")] = None,
+    all_letters: Annotated[
+        bool, typer.Option("--all", help="Replay every dead letter (of --consumer)")
+    ] = False,
+    consumer: Annotated[str | None, typer.Option(help="The consumer to replay")] = None,
+    since: Annotated[
+        dt.datetime | None,
+        typer.Option(help="With --consumer: deliver its events again from this UTC time on"),
+    ] = None,
+) -> None:
+    """Replay one dead letter, all of them (--all), or a consumer from a time (--since)."""
+    from veche.kernel.events import service
+
+    if dead_letter_id is not None:
+        handled = _with_events(lambda kernel: service.replay_dead_letter(kernel, dead_letter_id))
+        if not handled:
+            _fail([f"dead letter {dead_letter_id} failed again; it is kept"], "Replay failed:")
+        typer.echo(f"Replayed dead letter {dead_letter_id}")
+    elif all_letters:
+        result = _with_events(lambda kernel: service.replay_dead_letters(kernel, consumer))
+        typer.echo(f"Replayed {len(result.replayed)}; {len(result.failed)} failed again")
+        if result.failed:
+            raise typer.Exit(code=1)
+    elif consumer is not None and since is not None:
+        moment = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+        _with_events(lambda kernel: service.rewind_consumer(kernel, consumer, moment))
+        typer.echo(f"Consumer {consumer} will receive its events again from {moment.isoformat()}")
+    else:
+        _fail(
+            ["give a DEAD_LETTER_ID, or --all, or --consumer NAME --since TIME"],
+            "Nothing to replay:",
+        )
 
 
 def main() -> None:

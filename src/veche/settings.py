@@ -68,6 +68,38 @@ class AuthSettings(BaseModel):
     login_failures_per_account: str = "30/hour"
 
 
+class EventsSettings(BaseModel):
+    """Durable events: relay, consumer retries and the NATS layout (`VECHE_EVENTS__*`)."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100)] = 5
+    retry_base_seconds: PositiveFloat = 0.5
+    retry_max_seconds: PositiveFloat = 60.0
+    poll_interval_seconds: PositiveFloat = 1.0
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
+    # Names the JetStream streams (`<PREFIX>_<APP>`), subjects and durable consumers.
+    stream_prefix: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] = "veche"
+    ack_wait_seconds: PositiveFloat = 30.0
+
+
+class RealtimeSettings(BaseModel):
+    """The realtime hub: history, heartbeats, queues and limits (`VECHE_REALTIME__*`)."""
+
+    history_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    history_ttl_seconds: PositiveFloat = 300.0
+    heartbeat_seconds: PositiveFloat = 15.0
+    sse_retry_ms: PositiveInt = 2000
+    # Messages waiting for one connection; a client that falls this far behind is closed
+    # (it resumes from its offset) so it can never slow anyone else.
+    queue_size: Annotated[int, Field(ge=1, le=100_000)] = 256
+    max_channels: Annotated[int, Field(ge=1, le=1000)] = 32
+    max_frame_bytes: Annotated[int, Field(ge=256)] = 64 * KIB
+    presence_ttl_seconds: PositiveFloat = 45.0
+    auth_timeout_seconds: PositiveFloat = 10.0
+    shutdown_timeout_seconds: PositiveFloat = 5.0
+    # Prefix of the shared keys and subjects in Redis, so deployments can share a server.
+    namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "veche"
+
+
 class Settings(BaseSettings):
     """The whole configuration of a Veche process."""
 
@@ -107,6 +139,8 @@ class Settings(BaseSettings):
     previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
 
     max_body_bytes: PositiveInt = 1 * MIB
     # Named policies; given ones override these defaults, the rest stay.

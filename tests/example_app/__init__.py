@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from veche.kernel import AppModule, Manifest, api_router, problem_openapi
 from veche.kernel.identity import CurrentUser
@@ -20,6 +20,14 @@ class Echo(BaseModel):
 
     text: Annotated[str, Field(min_length=1, max_length=200)]
     count: Annotated[int, Field(ge=0, le=1000)] = 1
+
+    @field_validator("count", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # The fuzzer rightly calls `false` accepted as 0 a schema violation.
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a boolean")
+        return value
 
 
 class Pong(BaseModel):

@@ -12,13 +12,16 @@ import httpx
 import pytest
 from fastapi import APIRouter, FastAPI, WebSocket
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from sqlalchemy import select, update
 
 from tests import example_app
 from veche.kernel import Kernel, build_app
 from veche.kernel.db import utcnow
+from veche.kernel.events import Event, consumer
 from veche.kernel.jobs import HOLDER, JobLease, ScheduledJob, Scheduler, acquire_lease
 from veche.kernel.modules import AppModule, Manifest, ManifestError
+from veche.kernel.realtime import ChannelPolicy
 from veche.registry import UnknownApp, installed_apps, load_modules
 from veche.settings import Settings
 
@@ -32,6 +35,10 @@ exposes:
   events: [mini.item.created]
 health_check: GET /items
 """
+
+
+class ItemCreated(BaseModel):
+    item_id: str
 
 
 def mini_router() -> APIRouter:
@@ -53,6 +60,7 @@ def mini_module(manifest_text: str = VALID_MANIFEST) -> AppModule:
         name="mini",
         manifest=Manifest.parse(manifest_text, "mini/manifest.yaml"),
         routers=[mini_router()],
+        events={"mini.item.created": ItemCreated},
     )
 
 
@@ -261,20 +269,112 @@ def test_websocket_routes_are_described_and_mounts_are_refused() -> None:
         module.validate()
 
 
-def test_consumers_are_refused_until_the_kernel_supports_them() -> None:
-    module = mini_module()
-    module.consumers = [object()]
+def test_declared_consumers_are_accepted() -> None:
+    @consumer("other.item.created", name="mini-follower")
+    async def follow(_event: Event, _context: object) -> None:
+        return None
 
-    with pytest.raises(ManifestError, match="event consumers are not supported yet"):
+    module = mini_module()
+    module.consumers = [follow]
+
+    module.validate()
+    assert follow.event_types == ("other.item.created",)
+
+
+def test_a_consumer_that_is_not_declared_with_the_decorator_is_refused() -> None:
+    module = mini_module()
+    module.consumers = [object()]  # type: ignore[list-item]
+
+    with pytest.raises(ManifestError, match="is not a consumer"):
         module.validate()
 
 
-def test_channel_policies_are_refused_until_the_kernel_supports_them() -> None:
+@pytest.mark.parametrize(
+    ("events", "expected"),
+    [
+        pytest.param({}, "manifest lists undeclared events: ['mini.item.created']", id="missing"),
+        pytest.param(
+            {"mini.item.created": ItemCreated, "mini.item.deleted": ItemCreated},
+            "events missing from the manifest: ['mini.item.deleted']",
+            id="unlisted",
+        ),
+        pytest.param(
+            {"mini.item.created": dict},
+            "the payload of 'mini.item.created' is not a Pydantic model",
+            id="not-a-model",
+        ),
+    ],
+)
+def test_declared_events_must_match_the_manifest(events: dict[str, Any], expected: str) -> None:
     module = mini_module()
-    module.channel_policies = {"mini:": object()}
+    module.events = events
 
-    with pytest.raises(ManifestError, match="channel policies are not supported yet"):
+    with pytest.raises(ManifestError) as caught:
         module.validate()
+
+    assert expected in str(caught.value)
+
+
+def test_event_types_must_start_with_the_app_name() -> None:
+    manifest = VALID_MANIFEST.replace("mini.item.created", "other.item.created")
+    module = mini_module(manifest)
+    module.events = {"other.item.created": ItemCreated}
+
+    with pytest.raises(ManifestError, match=r"event types must start with 'mini\.'"):
+        module.validate()
+
+
+def test_consumer_declarations_are_checked() -> None:
+    with pytest.raises(ValueError, match="not an event type"):
+        consumer("nodots", name="ok")
+    with pytest.raises(ValueError, match="not a consumer name"):
+        consumer("mini.item.created", name="Bad Name")
+    with pytest.raises(ValueError, match="at least one event type"):
+        consumer(name="ok")
+
+
+def _anyone(_user: object, _channel: str) -> bool:
+    return True
+
+
+def test_a_module_may_declare_channel_policies(settings: Settings) -> None:
+    module = mini_module()
+    module.channel_policies = {"mini:": ChannelPolicy(subscribe=_anyone)}
+
+    app = build_app(settings, [module])
+
+    assert app.state.kernel.realtime.policies.prefixes() == {
+        "user:": "kernel",
+        "mini:": "app 'mini'",
+    }
+
+
+def test_a_channel_prefix_two_modules_both_claim_is_refused(settings: Settings) -> None:
+    first = mini_module()
+    second = AppModule(name="other", manifest=Manifest(name="other", version="0.1.0"))
+    for module in (first, second):
+        module.channel_policies = {"shared:": ChannelPolicy(subscribe=_anyone)}
+
+    with pytest.raises(ManifestError, match="'shared:' is already claimed by app 'mini'"):
+        build_app(settings, [first, second])
+
+
+@pytest.mark.parametrize(
+    ("prefix", "policy", "message"),
+    [
+        ("user:", ChannelPolicy(subscribe=_anyone), "already claimed by kernel"),
+        ("mini", ChannelPolicy(subscribe=_anyone), "is not like 'name:'"),
+        ("mini:", object(), "is not a ChannelPolicy"),
+    ],
+)
+def test_a_bad_or_reserved_channel_policy_is_refused(
+    settings: Settings, prefix: str, policy: Any, message: str
+) -> None:
+    module = mini_module()
+    module.channel_policies = {prefix: policy}
+
+    with pytest.raises(ManifestError, match=message):
+        build_app(settings, [module])
 
 
 def test_build_app_refuses_a_module_that_disagrees_with_its_manifest(

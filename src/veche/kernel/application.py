@@ -16,6 +16,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from veche.kernel import admin
 from veche.kernel.errors import install_error_handlers
+from veche.kernel.events.routes import router as events_admin_router
 from veche.kernel.http import RequestMiddleware
 from veche.kernel.identity.routes import auth_router, me_router
 from veche.kernel.jobs import Scheduler
@@ -24,6 +25,7 @@ from veche.kernel.observability import health
 from veche.kernel.observability.logging import configure_logging
 from veche.kernel.observability.tracing import install_tracing
 from veche.kernel.openapi import build_openapi
+from veche.kernel.realtime.routes import router as realtime_router
 from veche.kernel.runtime import Kernel
 from veche.settings import Settings
 
@@ -35,6 +37,8 @@ def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, 
     checks: dict[str, ReadinessCheck] = {"database": kernel.db.ping}
     if kernel.settings.redis_url:
         checks["redis"] = kernel.limiter.check_storage
+    if kernel.settings.realtime_url:
+        checks["realtime"] = kernel.realtime.backend.ping
     for module in modules:
         for name, check in module.readiness.items():
             checks[f"{module.name}.{name}"] = check
@@ -47,20 +51,29 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
     for module in modules:
         module.validate()
     kernel = Kernel.from_settings(settings)
+    for module in modules:
+        owner = f"app {module.name!r}"
+        kernel.realtime.policies.register_all(module.channel_policies, owner=owner)
+    kernel.events.install(modules)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(kernel, [job for module in modules for job in module.jobs])
+        await kernel.realtime.start()
         for module in modules:
             for hook in module.on_startup:
                 await hook(kernel)
         if settings.role in ("worker", "all"):
             scheduler.start()
+            await kernel.events.start(kernel)
         log.info("started", apps=[module.name for module in modules], role=settings.role)
         try:
             yield
         finally:
+            # First: open streams hold uvicorn's shutdown until they end.
+            await kernel.realtime.stop()
             await scheduler.stop()
+            await kernel.events.stop()  # publishes what is left in the outbox, drains NATS
             for module in reversed(modules):
                 for hook in module.on_shutdown:
                     await hook(kernel)
@@ -110,6 +123,8 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
     app.include_router(auth_router)
     app.include_router(me_router)
     app.include_router(admin.router)
+    app.include_router(realtime_router)
+    app.include_router(events_admin_router)
     for module in modules:
         for router in module.routers:
             app.include_router(router, prefix=module.prefix)

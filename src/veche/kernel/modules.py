@@ -13,7 +13,7 @@ import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import yaml
 from fastapi import APIRouter
@@ -21,9 +21,11 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.routing import Route, WebSocketRoute
 
+from veche.kernel.events.consumers import Consumer
 from veche.kernel.jobs import ScheduledJob
 
 if TYPE_CHECKING:
+    from veche.kernel.realtime import ChannelPolicy
     from veche.kernel.runtime import Kernel
 
 Hook = Callable[["Kernel"], Awaitable[None]]
@@ -31,7 +33,17 @@ ReadinessCheck = Callable[[], Awaitable[None]]
 
 # What the kernel provides today; a manifest may only require these.
 KERNEL_CAPABILITIES = frozenset(
-    {"db", "identity", "audit", "pagination", "ratelimit", "jobs", "observability"}
+    {
+        "db",
+        "identity",
+        "audit",
+        "pagination",
+        "ratelimit",
+        "jobs",
+        "observability",
+        "events",
+        "realtime",
+    }
 )
 _API_ENTRY = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|WS) (/[^\s]*)$")
 _EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*){2,}$")
@@ -109,10 +121,11 @@ class AppModule:
     manifest: Manifest
     routers: Sequence[APIRouter] = ()
     jobs: Sequence[ScheduledJob] = ()
-    # Event consumers and realtime channel policies: their runtime arrives with the
-    # kernel's events and realtime packages; until then a module declaring any is refused.
-    consumers: Sequence[Any] = ()
-    channel_policies: Mapping[str, Any] = field(default_factory=dict)
+    # Event type -> payload model of every event the app emits (= manifest exposes.events).
+    events: Mapping[str, type[BaseModel]] = field(default_factory=dict)
+    consumers: Sequence[Consumer] = ()
+    # Channel prefix ('circle:') -> who may subscribe and publish; a prefix has one owner.
+    channel_policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
     readiness: Mapping[str, ReadinessCheck] = field(default_factory=dict)
@@ -136,6 +149,24 @@ class AppModule:
                     )
         return served
 
+    def _event_problems(self) -> list[str]:
+        problems: list[str] = []
+        emitted, exposed = set(self.events), set(self.manifest.exposes.events)
+        if emitted - exposed:
+            problems.append(f"events missing from the manifest: {sorted(emitted - exposed)}")
+        if exposed - emitted:
+            problems.append(f"manifest lists undeclared events: {sorted(exposed - emitted)}")
+        foreign = sorted(name for name in emitted if name.split(".", 1)[0] != self.name)
+        if foreign:
+            problems.append(f"event types must start with {self.name + '.'!r}: {foreign}")
+        for event_type, model in self.events.items():
+            if not (isinstance(model, type) and issubclass(model, BaseModel)):
+                problems.append(f"the payload of {event_type!r} is not a Pydantic model")
+        for declared in self.consumers:
+            if not isinstance(declared, Consumer):
+                problems.append(f"{declared!r} is not a consumer (use @consumer)")
+        return problems
+
     def validate(self) -> None:
         """Refuse to mount a module whose manifest disagrees with what it really is."""
         problems: list[str] = []
@@ -149,9 +180,6 @@ class AppModule:
         check = self.manifest.health_check
         if check is not None and check not in served:
             problems.append(f"health_check {check!r} is not a served route")
-        if self.consumers:
-            problems.append("event consumers are not supported yet")
-        if self.channel_policies:
-            problems.append("channel policies are not supported yet")
+        problems.extend(self._event_problems())
         if problems:
             raise ManifestError(f"app {self.name!r}: " + "; ".join(problems))

@@ -11,12 +11,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from veche.kernel.db import Database
+from veche.kernel.events.bus import EventBus
 from veche.kernel.ratelimit import RateLimiter
 from veche.settings import Settings
 
 if TYPE_CHECKING:
     from veche.kernel.identity.passwords import PasswordHasher
     from veche.kernel.identity.tokens import AccessTokens
+    from veche.kernel.realtime import Hub
 
 
 @dataclass(slots=True)
@@ -27,22 +29,29 @@ class Kernel:
     passwords: PasswordHasher
     tokens: AccessTokens
     cursor_key: bytes
+    realtime: Hub
+    events: EventBus
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Kernel:
         # Imported here: identity's own modules depend on the kernel container.
         from veche.kernel.identity.passwords import PasswordHasher
         from veche.kernel.identity.tokens import AccessTokens, derive_key
+        from veche.kernel.realtime import Hub
 
         keys = settings.signing_keys
+        db = Database.from_settings(settings)
         return cls(
             settings=settings,
-            db=Database.from_settings(settings),
+            db=db,
             limiter=RateLimiter(settings),
             passwords=PasswordHasher(settings.auth),
             tokens=AccessTokens(keys, settings.auth),
             cursor_key=derive_key(keys[0], "pagination-cursor"),
+            realtime=Hub.from_settings(settings, derive_key(keys[0], "realtime-resume")),
+            events=EventBus(settings, db),
         )
 
     async def close(self) -> None:
+        await self.events.stop()
         await self.db.dispose()

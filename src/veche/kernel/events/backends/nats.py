@@ -1,0 +1,245 @@
+"""The production events backend: NATS JetStream.
+
+One stream per app (`<PREFIX>_<APP>`, subjects `<prefix>.<app>.>`); the relay publishes
+each outbox row with `Nats-Msg-Id` set to the event id, so JetStream drops a duplicate
+publish (a relay that crashed between publishing and marking the row sent) inside the
+stream's duplicate window. Each consumer reads every stream it needs through a durable
+pull consumer with explicit acks, one event in flight at a time (so events arrive in
+stream order); a failed event is nak'ed with a backoff delay and, on its last allowed
+delivery, dead-lettered and acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StreamConfig
+from nats.js.errors import NotFoundError
+from pydantic import ValidationError
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.kernel.events import metrics
+from veche.kernel.events.consumers import (
+    Consumer,
+    Failure,
+    handle_once,
+    record_failure,
+    retry_delay,
+)
+from veche.kernel.events.envelope import Event, app_of
+from veche.kernel.events.models import OutboxEvent, ProcessedEvent
+from veche.kernel.events.outbox import envelope_of
+from veche.kernel.events.uuids import uuid7_floor
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
+
+log = structlog.get_logger("veche.events")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class NatsBackend:
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._client: Client | None = None
+        self._streams: set[str] = set()
+        self._lock = asyncio.Lock()
+
+    def stream_name(self, app: str) -> str:
+        return _UNSAFE.sub("_", f"{self.prefix}_{app}").upper()
+
+    def subject(self, event_type: str) -> str:
+        return f"{self.prefix}.{event_type}"
+
+    def durable_name(self, consumer: Consumer) -> str:
+        return _UNSAFE.sub("_", f"{self.prefix}_{consumer.name}")
+
+    async def jetstream(self) -> JetStreamContext:
+        async with self._lock:
+            if self._client is None or self._client.is_closed:
+                client = Client()
+                await client.connect(
+                    self.url, name="veche-events", max_reconnect_attempts=-1, drain_timeout=5
+                )
+                self._client = client
+            return self._client.jetstream()
+
+    async def ensure_stream(self, app: str) -> str:
+        name = self.stream_name(app)
+        if name in self._streams:
+            return name
+        js = await self.jetstream()
+        try:
+            await js.stream_info(name)
+        except NotFoundError:
+            await js.add_stream(
+                StreamConfig(name=name, subjects=[f"{self.prefix}.{app}.>"], duplicate_window=120)
+            )
+        self._streams.add(name)
+        return name
+
+    async def publish(self, session: AsyncSession, rows: Sequence[OutboxEvent]) -> None:
+        js = await self.jetstream()
+        for row in rows:
+            stream = await self.ensure_stream(row.source)
+            event = envelope_of(row)
+            await js.publish(
+                self.subject(event.type),
+                event.model_dump_json().encode(),
+                stream=stream,
+                headers={"Nats-Msg-Id": str(event.id)},
+            )
+
+    def published(self) -> None:
+        return None
+
+    async def _streams_of(self, consumer: Consumer) -> dict[str, list[str]]:
+        by_stream: dict[str, list[str]] = {}
+        for event_type in consumer.event_types:
+            stream = await self.ensure_stream(app_of(event_type))
+            by_stream.setdefault(stream, []).append(self.subject(event_type))
+        return by_stream
+
+    async def _ensure_consumer(
+        self,
+        kernel: Kernel,
+        consumer: Consumer,
+        stream: str,
+        subjects: list[str],
+        since: dt.datetime | None = None,
+    ) -> None:
+        js = await self.jetstream()
+        durable = self.durable_name(consumer)
+        if since is None:
+            try:
+                await js.consumer_info(stream, durable)
+                return
+            except NotFoundError:
+                pass
+        settings = kernel.settings.events
+        config: dict[str, Any] = {
+            "durable_name": durable,
+            "ack_policy": AckPolicy.EXPLICIT,
+            "ack_wait": settings.ack_wait_seconds,
+            # Our own dead-lettering acts on the last attempt; the margin covers
+            # deliveries lost to a crash mid-handler.
+            "max_deliver": settings.max_attempts + 2,
+            "max_ack_pending": 1,
+        }
+        if len(subjects) == 1:
+            config["filter_subject"] = subjects[0]
+        else:
+            config["filter_subjects"] = subjects
+        if since is not None:
+            config["deliver_policy"] = DeliverPolicy.BY_START_TIME
+            config["opt_start_time"] = since
+        await js.add_consumer(stream, ConsumerConfig(**config))
+
+    async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
+        by_stream = await self._streams_of(consumer)
+        await asyncio.gather(
+            *(
+                self._consume(kernel, consumer, stream, subjects)
+                for stream, subjects in by_stream.items()
+            )
+        )
+
+    async def _consume(
+        self, kernel: Kernel, consumer: Consumer, stream: str, subjects: list[str]
+    ) -> None:
+        settings = kernel.settings.events
+        while True:
+            try:
+                await self._ensure_consumer(kernel, consumer, stream, subjects)
+                js = await self.jetstream()
+                subscription = await js.pull_subscribe_bind(self.durable_name(consumer), stream)
+                try:
+                    while True:
+                        try:
+                            messages = await subscription.fetch(
+                                1, timeout=settings.poll_interval_seconds
+                            )
+                        except TimeoutError:
+                            metrics.LAG.labels(consumer.name).set(0)  # nothing pending
+                            continue
+                        for message in messages:
+                            await self._handle(kernel, consumer, message)
+                            # What the stream still holds for it (of this stream, when it
+                            # reads several; the admin API sums them exactly).
+                            pending = message.metadata.num_pending or 0
+                            metrics.LAG.labels(consumer.name).set(pending)
+                finally:
+                    # Nothing left for `drain()` to wait on at shutdown.
+                    with contextlib.suppress(Exception):
+                        await subscription.unsubscribe()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event_consumer_failed", consumer=consumer.name, stream=stream)
+                await asyncio.sleep(settings.poll_interval_seconds)
+
+    async def _handle(self, kernel: Kernel, consumer: Consumer, message: Msg) -> None:
+        settings = kernel.settings.events
+        try:
+            event = Event.model_validate_json(message.data)
+        except ValidationError:
+            log.error("event_unreadable", consumer=consumer.name, subject=message.subject)
+            await message.term()  # never readable: redelivering it cannot help
+            return
+        attempt = message.metadata.num_delivered or 1
+        try:
+            await handle_once(kernel, consumer, event, attempt)
+        except Failure as failure:
+            metrics.FAILED.labels(consumer.name, event.type).inc()
+            if attempt >= settings.max_attempts:
+                async with kernel.db.unit_of_work() as session:
+                    await record_failure(session, consumer, event, failure.error, attempt)
+                await message.ack()
+            else:
+                await message.nak(delay=retry_delay(settings, attempt))
+            return
+        await message.ack()
+
+    async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
+        js = await self.jetstream()
+        total = 0
+        for stream in await self._streams_of(consumer):
+            try:
+                info = await js.consumer_info(stream, self.durable_name(consumer))
+            except NotFoundError:
+                info_stream = await js.stream_info(stream)
+                total += int(info_stream.state.messages)
+                continue
+            total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return total
+
+    async def rewind(self, kernel: Kernel, consumer: Consumer, since: dt.datetime) -> None:
+        js = await self.jetstream()
+        async with kernel.db.unit_of_work() as session:
+            await session.execute(
+                delete(ProcessedEvent).where(
+                    ProcessedEvent.consumer == consumer.name,
+                    ProcessedEvent.event_id >= uuid7_floor(since),
+                )
+            )
+        for stream, subjects in (await self._streams_of(consumer)).items():
+            with contextlib.suppress(NotFoundError):
+                await js.delete_consumer(stream, self.durable_name(consumer))
+            await self._ensure_consumer(kernel, consumer, stream, subjects, since=since)
+
+    async def close(self) -> None:
+        if self._client is not None and not self._client.is_closed:
+            await self._client.drain()
+        self._client = None
+        self._streams.clear()

@@ -1,0 +1,140 @@
+"""The embedded events backend: the outbox table is the log.
+
+The relay "publishes" by giving committed rows the next log positions in commit order;
+each consumer stores the position it has handled up to, moved in the same transaction as
+its handler's work (or the dead letter), so a restart loses and repeats nothing acknowledged.
+Each consumer runs in one process at a time, held by a lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.kernel.events import metrics
+from veche.kernel.events.consumers import Consumer, deliver
+from veche.kernel.events.models import ConsumerOffset, OutboxEvent, ProcessedEvent
+from veche.kernel.events.outbox import envelope_of
+from veche.kernel.events.uuids import uuid7_floor
+from veche.kernel.jobs import acquire_lease
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
+
+log = structlog.get_logger("veche.events")
+LEASE_TTL = dt.timedelta(seconds=30)
+
+
+class SqlBackend:
+    def __init__(self) -> None:
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    async def publish(self, session: AsyncSession, rows: Sequence[OutboxEvent]) -> None:
+        last = (await session.execute(select(func.max(OutboxEvent.log_position)))).scalar()
+        position = int(last or 0)
+        for row in rows:
+            position += 1
+            row.log_position = position
+        await session.flush()
+
+    def published(self) -> None:
+        for wakeup in self._wakeups.values():
+            wakeup.set()
+
+    async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
+        settings = kernel.settings.events
+        lease_name, lease_until = f"events:{consumer.name}", dt.datetime.min.replace(tzinfo=dt.UTC)
+        wakeup = self._wakeups.setdefault(consumer.name, asyncio.Event())
+        while True:
+            wakeup.clear()
+            now = dt.datetime.now(dt.UTC)
+            if now >= lease_until:
+                if await acquire_lease(kernel.db, lease_name, LEASE_TTL):
+                    lease_until = now + LEASE_TTL / 3
+                else:
+                    await asyncio.sleep(settings.poll_interval_seconds)
+                    continue
+            try:
+                handled = await self._next_batch(kernel, consumer)
+            except Exception:
+                log.exception("event_consumer_batch_failed", consumer=consumer.name)
+                handled = 0
+            metrics.LAG.labels(consumer.name).set(await self.lag(kernel, consumer))
+            if handled < settings.batch_size:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=settings.poll_interval_seconds)
+
+    async def _next_batch(self, kernel: Kernel, consumer: Consumer) -> int:
+        async with kernel.db.unit_of_work() as session:
+            offset = await _offset(session, consumer.name)
+            rows = (
+                await session.scalars(
+                    select(OutboxEvent)
+                    .where(
+                        OutboxEvent.log_position > offset,
+                        OutboxEvent.type.in_(consumer.event_types),
+                    )
+                    .order_by(OutboxEvent.log_position)
+                    .limit(kernel.settings.events.batch_size)
+                )
+            ).all()
+        for row in rows:
+            assert row.log_position is not None
+            await deliver(kernel, consumer, envelope_of(row), _move_to(consumer, row.log_position))
+        return len(rows)
+
+    async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
+        async with kernel.db.sessions() as session:
+            offset = await _offset(session, consumer.name)
+            count = await session.scalar(
+                select(func.count())
+                .select_from(OutboxEvent)
+                .where(
+                    OutboxEvent.log_position > offset,
+                    OutboxEvent.type.in_(consumer.event_types),
+                )
+            )
+        return int(count or 0)
+
+    async def rewind(self, kernel: Kernel, consumer: Consumer, since: dt.datetime) -> None:
+        async with kernel.db.unit_of_work() as session:
+            before = await session.scalar(
+                select(func.max(OutboxEvent.log_position)).where(OutboxEvent.occurred_at < since)
+            )
+            await _move_to(consumer, int(before or 0), forward_only=False)(session)
+            await session.execute(
+                delete(ProcessedEvent).where(
+                    ProcessedEvent.consumer == consumer.name,
+                    ProcessedEvent.event_id >= uuid7_floor(since),
+                )
+            )
+        self.published()
+
+    async def close(self) -> None:
+        return None
+
+
+async def _offset(session: AsyncSession, name: str) -> int:
+    row = await session.get(ConsumerOffset, name)
+    return row.log_position if row is not None else 0
+
+
+def _move_to(
+    consumer: Consumer, position: int, *, forward_only: bool = True
+) -> Callable[[AsyncSession], Awaitable[None]]:
+    async def move(session: AsyncSession) -> None:
+        row = await session.get(ConsumerOffset, consumer.name)
+        if row is None:
+            session.add(ConsumerOffset(consumer=consumer.name, log_position=position))
+        elif not forward_only or position > row.log_position:
+            row.log_position = position
+        await session.flush()
+
+    return move

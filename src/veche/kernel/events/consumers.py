@@ -1,0 +1,201 @@
+"""Consumers: how apps react to events, each event handled once per consumer.
+
+A consumer is an async function of `(event, context)` declared with `@consumer(...)` and
+listed in `AppModule.consumers`. Each delivery runs in its own unit of work that also
+inserts a `event_processed` row for (consumer, event id): if that row exists the event is
+skipped, so a redelivered event never applies the handler's database work twice. A
+failing handler is retried with exponential backoff and jitter; after the last attempt
+the event is written to the dead-letter table and the consumer moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.kernel.db import utcnow
+from veche.kernel.events import metrics
+from veche.kernel.events.envelope import EVENT_TYPE, Event
+from veche.kernel.events.models import DeadLetter, ProcessedEvent
+from veche.settings import EventsSettings
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
+
+log = structlog.get_logger("veche.events")
+CONSUMER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,99}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerContext:
+    """What a handler gets besides the event: the unit of work its changes belong in."""
+
+    session: AsyncSession
+    kernel: Kernel
+    consumer: str
+    attempt: int
+
+
+Handler = Callable[[Event, ConsumerContext], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    name: str
+    event_types: tuple[str, ...]
+    handler: Handler
+
+    async def __call__(self, event: Event, context: ConsumerContext) -> None:
+        await self.handler(event, context)
+
+
+def consumer(*event_types: str, name: str) -> Callable[[Handler], Consumer]:
+    """Declare `async def handler(event, context)` as the consumer `name` of these types."""
+    if not event_types:
+        raise ValueError("a consumer needs at least one event type")
+    for event_type in event_types:
+        if not EVENT_TYPE.match(event_type):
+            raise ValueError(f"{event_type!r} is not an event type like 'app.entity.verb'")
+    if not CONSUMER_NAME.match(name):
+        raise ValueError(f"{name!r} is not a consumer name (lowercase, digits, '-', '_')")
+
+    def declare(handler: Handler) -> Consumer:
+        return Consumer(name=name, event_types=tuple(dict.fromkeys(event_types)), handler=handler)
+
+    return declare
+
+
+def retry_delay(settings: EventsSettings, attempt: int) -> float:
+    """Exponential backoff with full jitter before attempt `attempt + 1`."""
+    ceiling = min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (attempt - 1))
+    return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
+
+
+class Failure(Exception):
+    """A handler attempt failed; carries the original error."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+async def handle_once(
+    kernel: Kernel,
+    handler: Consumer,
+    event: Event,
+    attempt: int,
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+) -> bool:
+    """Run the handler in a unit of work with its processed-event row; False if this
+    consumer had already handled the event. `also` adds work to the same transaction
+    (moving the consumer's offset). Raises `Failure` when the handler fails."""
+    try:
+        async with kernel.db.unit_of_work() as session:
+            done = await session.get(ProcessedEvent, (handler.name, event.id))
+            if done is None:
+                session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
+                await session.flush()
+                context = ConsumerContext(session, kernel, handler.name, attempt)
+                try:
+                    await handler(event, context)
+                    await session.flush()
+                except Exception as exc:
+                    raise Failure(exc) from exc
+            if also is not None:
+                await also(session)
+    except IntegrityError as exc:
+        async with kernel.db.unit_of_work() as session:
+            if await session.get(ProcessedEvent, (handler.name, event.id)) is None:
+                raise Failure(exc) from exc
+        # Another worker handled it concurrently and committed first.
+        log.info("event_already_processed", consumer=handler.name, event_id=str(event.id))
+        if also is not None:
+            async with kernel.db.unit_of_work() as session:
+                await also(session)
+        return False
+    if done is not None:
+        return False
+    metrics.CONSUMED.labels(handler.name, event.type).inc()
+    metrics.LATENCY.labels(handler.name).observe(max(0.0, (utcnow() - event.time).total_seconds()))
+    return True
+
+
+async def record_failure(
+    session: AsyncSession, handler: Consumer, event: Event, error: BaseException, attempts: int
+) -> None:
+    """Write (or refresh) the consumer's dead letter for the event."""
+    message = str(error)[:4000] or type(error).__name__
+    existing = (
+        await session.scalars(
+            select(DeadLetter).where(
+                DeadLetter.consumer == handler.name, DeadLetter.event_id == event.id
+            )
+        )
+    ).one_or_none()
+    if existing is None:
+        session.add(
+            DeadLetter(
+                consumer=handler.name,
+                event_id=event.id,
+                event_type=event.type,
+                event=event.model_dump(mode="json"),
+                error_type=type(error).__name__[:200],
+                error_message=message,
+                attempts=attempts,
+            )
+        )
+    else:
+        existing.error_type = type(error).__name__[:200]
+        existing.error_message = message
+        existing.attempts += attempts
+    await session.flush()
+    metrics.DEAD_LETTERED.labels(handler.name, event.type).inc()
+    log.warning(
+        "event_dead_lettered",
+        consumer=handler.name,
+        event_id=str(event.id),
+        type=event.type,
+        error=type(error).__name__,
+    )
+
+
+async def deliver(
+    kernel: Kernel,
+    handler: Consumer,
+    event: Event,
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+) -> bool:
+    """Handle the event, retrying with backoff; dead-letter it after the last attempt.
+    True if it was handled (or had been), False if it was dead-lettered."""
+    settings = kernel.settings.events
+    for attempt in range(1, settings.max_attempts + 1):
+        try:
+            await handle_once(kernel, handler, event, attempt, also)
+        except Failure as failure:
+            metrics.FAILED.labels(handler.name, event.type).inc()
+            log.warning(
+                "event_handler_failed",
+                consumer=handler.name,
+                event_id=str(event.id),
+                attempt=attempt,
+                error=type(failure.error).__name__,
+            )
+            if attempt == settings.max_attempts:
+                async with kernel.db.unit_of_work() as session:
+                    await record_failure(session, handler, event, failure.error, attempt)
+                    if also is not None:
+                        await also(session)
+                return False
+            await asyncio.sleep(retry_delay(settings, attempt))
+        else:
+            return True
+    return False  # pragma: no cover - the loop always returns

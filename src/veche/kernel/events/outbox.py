@@ -1,0 +1,147 @@
+"""`emit()`: write an event to the outbox inside the caller's transaction.
+
+The event row commits or rolls back with the change it describes, so an event exists
+exactly when its change does. Emitting marks the session; when that session commits,
+the relay of the process is woken to publish at once (polling is only the fallback for
+events committed by other processes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import event as orm_event
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from veche.kernel.events import metrics
+from veche.kernel.events.envelope import (
+    Event,
+    EventError,
+    InvalidEventPayload,
+    UndeclaredEvent,
+    app_of,
+    schema_version,
+)
+from veche.kernel.events.models import OutboxEvent
+
+REGISTRY_KEY = "veche.events.registry"
+_EMITTED_KEY = "veche.events.emitted"
+
+
+class EventRegistry:
+    """The event types the mounted apps declare, and who to wake after a commit."""
+
+    def __init__(self) -> None:
+        self.types: dict[str, type[BaseModel]] = {}
+        self.on_commit: Callable[[], None] = lambda: None
+
+    def declare(self, app: str, events: Mapping[str, type[BaseModel]]) -> None:
+        for event_type, model in events.items():
+            if app_of(event_type) != app:
+                raise EventError(f"app {app!r} cannot declare {event_type!r}")
+            known = self.types.get(event_type)
+            if known is not None and known is not model:
+                raise EventError(f"{event_type!r} is declared twice with different payloads")
+            self.types[event_type] = model
+
+    def build(
+        self,
+        event_type: str,
+        payload: BaseModel | Mapping[str, Any],
+        *,
+        subject: str | None,
+        actor_id: UUID | None,
+    ) -> Event:
+        model = self.types.get(event_type)
+        if model is None:
+            raise UndeclaredEvent(f"{event_type!r} is not an event type any mounted app declares")
+        if isinstance(payload, BaseModel):
+            if type(payload) is not model:
+                raise InvalidEventPayload(
+                    f"{event_type!r} carries {model.__name__}, not {type(payload).__name__}"
+                )
+            instance = payload
+        else:
+            try:
+                instance = model.model_validate(dict(payload))
+            except ValidationError as exc:
+                raise InvalidEventPayload(f"{event_type!r}: {exc}") from exc
+        return Event(
+            type=event_type,
+            source=app_of(event_type),
+            subject=subject,
+            actor_id=actor_id,
+            schema_version=schema_version(model),
+            data=instance.model_dump(mode="json"),
+        )
+
+
+def registry_of(session: AsyncSession | Session) -> EventRegistry:
+    registry = session.info.get(REGISTRY_KEY)
+    if not isinstance(registry, EventRegistry):
+        raise EventError("this session does not come from a kernel with events installed")
+    return registry
+
+
+async def emit(
+    session: AsyncSession,
+    event_type: str,
+    payload: BaseModel | Mapping[str, Any],
+    *,
+    subject: str | None = None,
+    actor_id: UUID | None = None,
+) -> Event:
+    """Add the event to the caller's unit of work; it is published once that commits.
+
+    Raises `UndeclaredEvent` or `InvalidEventPayload` (both `EventError`) when the type
+    is not declared by a mounted app or the payload does not fit its model. Never commits.
+    """
+    event = registry_of(session).build(event_type, payload, subject=subject, actor_id=actor_id)
+    session.add(outbox_row(event))
+    await session.flush()
+    session.info[_EMITTED_KEY] = True
+    metrics.EMITTED.labels(event.type).inc()
+    return event
+
+
+def outbox_row(event: Event) -> OutboxEvent:
+    return OutboxEvent(
+        id=event.id,
+        type=event.type,
+        source=event.source,
+        subject=event.subject,
+        actor_id=event.actor_id,
+        occurred_at=event.time,
+        schema_version=event.schema_version,
+        data=event.data,
+    )
+
+
+def envelope_of(row: OutboxEvent) -> Event:
+    return Event(
+        id=row.id,
+        type=row.type,
+        source=row.source,
+        subject=row.subject,
+        time=row.occurred_at,
+        actor_id=row.actor_id,
+        schema_version=row.schema_version,
+        data=row.data,
+    )
+
+
+@orm_event.listens_for(Session, "after_commit")
+def _wake_relay(session: Session) -> None:
+    if session.info.pop(_EMITTED_KEY, False):
+        registry = session.info.get(REGISTRY_KEY)
+        if isinstance(registry, EventRegistry):
+            registry.on_commit()
+
+
+@orm_event.listens_for(Session, "after_rollback")
+def _forget_emitted(session: Session) -> None:
+    session.info.pop(_EMITTED_KEY, None)

@@ -1,0 +1,32 @@
+"""Realtime: named channels with policies, per-channel history with offsets and epochs so a
+client resumes exactly where it stopped, presence, and three transports (WebSocket, SSE,
+NDJSON) over one hub per process, fanned out across replicas through Redis when
+`VECHE_REALTIME_URL` is set. Apps publish with `await kernel.realtime.publish(...)` and
+register a `ChannelPolicy` per channel prefix in `AppModule.channel_policies`."""
+
+from veche.kernel.realtime.errors import (
+    ChannelForbidden,
+    InvalidChannel,
+    InvalidResumeToken,
+    PublishForbidden,
+    TooManyChannels,
+    UnknownChannel,
+)
+from veche.kernel.realtime.hub import Hub
+from veche.kernel.realtime.message import Member, Message, Position
+from veche.kernel.realtime.policy import ChannelCheck, ChannelPolicy
+
+__all__ = [
+    "ChannelCheck",
+    "ChannelForbidden",
+    "ChannelPolicy",
+    "Hub",
+    "InvalidChannel",
+    "InvalidResumeToken",
+    "Member",
+    "Message",
+    "Position",
+    "PublishForbidden",
+    "TooManyChannels",
+    "UnknownChannel",
+]

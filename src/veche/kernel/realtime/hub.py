@@ -1,0 +1,382 @@
+"""The hub: connections, subscriptions, fan-out with bounded queues, presence and shutdown.
+
+Every transport opens a `Connection`, subscribes it through the hub (policies checked,
+missed messages recovered) and drains its queue. Publishing goes through the backend, which
+assigns the offset and brings the message back to every replica's hub for delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from veche.kernel.db import new_id
+from veche.kernel.identity.models import User
+from veche.kernel.realtime import metrics
+from veche.kernel.realtime.backends import Backend
+from veche.kernel.realtime.errors import RealtimeStopping, TooManyChannels
+from veche.kernel.realtime.message import (
+    EVENT_PATTERN,
+    Member,
+    Message,
+    Position,
+    PresenceEvent,
+    ResumeTokens,
+    channel_prefix,
+)
+from veche.kernel.realtime.policy import USER_POLICY, PolicyRegistry
+from veche.settings import RealtimeSettings, Settings
+
+log = structlog.get_logger("veche.realtime")
+
+# WebSocket close codes for the reasons a server ends a connection.
+CLOSE_CODES = {"shutdown": 1012, "slow_consumer": 1013, "goodbye": 1000}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A frame for one client, with the client's positions once it has it."""
+
+    frame: dict[str, Any]
+    positions: tuple[tuple[str, Position], ...]
+
+
+class _Closed:
+    pass
+
+
+CLOSED = _Closed()
+
+
+class Connection:
+    """One client connection: its user, subscriptions, positions and bounded queue."""
+
+    def __init__(self, user: User, transport: str, queue_size: int) -> None:
+        self.id = new_id().hex
+        self.user = user
+        self.transport = transport
+        self.member = Member(self.id, str(user.id))
+        self.channels: set[str] = set()
+        self.positions: dict[str, Position] = {}
+        self.close_reason: str | None = None
+        self._queue: asyncio.Queue[Outgoing | _Closed] = asyncio.Queue(queue_size)
+        self._pending: dict[str, list[Message]] = {}
+
+    @property
+    def closing(self) -> bool:
+        return self.close_reason is not None
+
+    def _snapshot(self) -> tuple[tuple[str, Position], ...]:
+        return tuple(self.positions.items())
+
+    def send(self, frame: dict[str, Any]) -> bool:
+        """Queue a frame; a full queue closes the connection (it resumes from its offset)."""
+        if self.closing:
+            return False
+        try:
+            self._queue.put_nowait(Outgoing(frame, self._snapshot()))
+        except asyncio.QueueFull:
+            metrics.DROPPED.labels(self.transport, "slow_consumer").inc(self._queue.qsize())
+            self.close("slow_consumer")
+            return False
+        return True
+
+    def offer(self, message: Message) -> bool:
+        """Queue a channel message unless the client already has it."""
+        pending = self._pending.get(message.channel)
+        if pending is not None:
+            pending.append(message)
+            return True
+        position = self.positions.get(message.channel)
+        if (
+            position is not None
+            and position.epoch == message.epoch
+            and message.offset <= position.offset
+        ):
+            return False
+        self.positions[message.channel] = Position(message.epoch, message.offset)
+        return self.send(message.frame())
+
+    def close(self, reason: str) -> None:
+        """End the connection: what is queued is dropped, the transport says why and stops."""
+        if self.closing:
+            return
+        self.close_reason = reason
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(CLOSED)
+
+    async def next(self, wait: float) -> Outgoing | _Closed | None:
+        """The next frame, `CLOSED` when the connection is ending, `None` after `wait` s."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), wait)
+        except TimeoutError:
+            return None
+
+
+class Hub:
+    """The realtime hub of one process. `publish` is the server-side API for apps."""
+
+    def __init__(self, settings: RealtimeSettings, backend: Backend, tokens: ResumeTokens) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.tokens = tokens
+        self.policies = PolicyRegistry()
+        self.policies.register("user:", USER_POLICY, owner="kernel")
+        self._subscribers: dict[str, set[Connection]] = {}
+        self._connections: set[Connection] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._drained = asyncio.Event()
+        self._previous_handlers: dict[int, Any] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, key: bytes) -> Hub:
+        url = settings.realtime_url
+        backend: Backend
+        if not url:
+            from veche.kernel.realtime.backends.memory import MemoryBackend
+
+            backend = MemoryBackend(settings.realtime)
+        elif url.startswith(("redis://", "rediss://", "unix://")):
+            from veche.kernel.realtime.backends.redis import RedisBackend
+
+            backend = RedisBackend(url, settings.realtime)
+        else:
+            raise ValueError(
+                f"VECHE_REALTIME_URL: unsupported scheme in {url.split('://')[0]!r}; use redis://"
+            )
+        return cls(settings.realtime, backend, ResumeTokens(key))
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = False
+        await self.backend.start(self._deliver)
+        self._sweeper = asyncio.create_task(self._sweep_forever(), name="realtime-sweeper")
+        self._hook_signals()
+
+    def _hook_signals(self) -> None:
+        """Under uvicorn, SIGTERM/SIGINT make it wait for open responses before the
+        lifespan ends, and nothing tells a stream to stop: start draining on the signal,
+        then hand it on to uvicorn's own handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous = signal.getsignal(signum)
+            if not callable(previous):
+                continue  # not a server that handles it: leave the default alone
+            self._previous_handlers[signum] = previous
+
+            def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
+                self.request_shutdown()
+                previous(number, frame)
+
+            signal.signal(signum, handler)
+
+    def _unhook_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous_handlers.items():
+            signal.signal(signum, previous)
+        self._previous_handlers.clear()
+
+    def request_shutdown(self) -> None:
+        """Start ending every connection; safe to call from any thread or signal handler."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._begin_shutdown)
+
+    def _begin_shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("realtime_draining", connections=len(self._connections))
+        for connection in list(self._connections):
+            connection.close("shutdown")
+        if not self._connections:
+            self._drained.set()
+
+    async def stop(self) -> None:
+        """Close every connection with reconnect advice, wait for them within the
+        shutdown timeout, then release the backend."""
+        self._begin_shutdown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_timeout_seconds)
+        self._unhook_signals()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_timeout_seconds)
+        await self.backend.close()
+
+    async def _sweep_forever(self) -> None:
+        interval = min(self.settings.presence_ttl_seconds / 3, 5.0)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.backend.sweep()
+            except Exception as exc:  # a backend hiccup must not end the sweeper
+                log.warning("realtime_sweep_failed", error=str(exc))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- server-side API -------------------------------------------------------------
+
+    async def publish(self, channel: str, data: Any, *, event: str = "message") -> Message:
+        """Publish `data` (JSON-serializable) on `channel` to every subscriber on every
+        replica; it is kept in the channel's history. Returns the message with its offset."""
+        channel_prefix(channel)
+        if not EVENT_PATTERN.match(event):
+            raise ValueError(f"{event!r} is not an event name (letters, digits, ._:-)")
+        message = await self.backend.append(channel, event, data)
+        metrics.PUBLISHED.inc()
+        return message
+
+    async def presence(self, channel: str) -> list[Member]:
+        """Who is connected to `channel` right now, on every replica."""
+        channel_prefix(channel)
+        return await self.backend.members(channel)
+
+    # -- connections -----------------------------------------------------------------
+
+    def open(self, user: User, transport: str) -> Connection:
+        if self._stopping:
+            raise RealtimeStopping("The server is restarting; reconnect shortly")
+        connection = Connection(user, transport, self.settings.queue_size)
+        self._connections.add(connection)
+        self._drained.clear()
+        metrics.CONNECTIONS.labels(transport).inc()
+        return connection
+
+    def disconnect(self, connection: Connection) -> None:
+        """Forget a connection. Synchronous: it runs where the transport is being
+        cancelled; leaving presence happens in the background."""
+        if connection not in self._connections:
+            return
+        self._connections.discard(connection)
+        metrics.CONNECTIONS.labels(connection.transport).dec()
+        for channel in list(connection.channels):
+            self._forget(connection, channel)
+        if connection.close_reason is None:
+            connection.close("goodbye")
+        if not self._connections and self._stopping:
+            self._drained.set()
+
+    def _forget(self, connection: Connection, channel: str) -> None:
+        connection.channels.discard(channel)
+        metrics.SUBSCRIPTIONS.dec()
+        subscribers = self._subscribers.get(channel)
+        if subscribers is not None:
+            subscribers.discard(connection)
+            if not subscribers:
+                del self._subscribers[channel]
+        self._spawn(self._leave(channel, connection.member))
+
+    async def _leave(self, channel: str, member: Member) -> None:
+        try:
+            await self.backend.leave(channel, member)
+        except Exception as exc:  # presence then expires by its TTL
+            log.warning("realtime_leave_failed", channel=channel, error=str(exc))
+
+    async def authorize(self, connection: Connection, channels: list[str]) -> None:
+        """Refuse the whole request if any channel is not allowed (before a stream starts)."""
+        if len(connection.channels) + len(channels) > self.settings.max_channels:
+            raise TooManyChannels(
+                f"At most {self.settings.max_channels} channels per connection",
+            )
+        for channel in channels:
+            await self.policies.authorize_subscribe(connection.user, channel)
+
+    async def subscribe(
+        self, connection: Connection, channel: str, since: Position | None = None
+    ) -> None:
+        """Subscribe after checking the policy: queue a `subscribed` frame (with
+        `recovered` when resuming), then the missed messages, then live ones, in order."""
+        if channel in connection.channels:
+            await self.unsubscribe(connection, channel)
+        await self.authorize(connection, [channel])
+        connection._pending[channel] = []
+        connection.channels.add(channel)
+        metrics.SUBSCRIPTIONS.inc()
+        self._subscribers.setdefault(channel, set()).add(connection)
+        try:
+            recovery = await self.backend.read(channel, since)
+            await self.backend.join(channel, connection.member)
+            members = await self.backend.members(channel)
+        except BaseException:
+            connection._pending.pop(channel, None)
+            self._forget(connection, channel)
+            raise
+        pending = connection._pending.pop(channel)
+        if recovery.recovered and since is not None:
+            connection.positions[channel] = since
+        else:
+            connection.positions[channel] = Position(recovery.epoch, recovery.offset)
+        connection.send(
+            {
+                "type": "subscribed",
+                "channel": channel,
+                "epoch": recovery.epoch,
+                "offset": recovery.offset,
+                "recovered": recovery.recovered,
+                "presence": [member.frame() for member in members],
+            }
+        )
+        for message in [*recovery.messages, *pending]:
+            if connection.offer(message):
+                metrics.DELIVERED.labels(connection.transport).inc()
+
+    async def unsubscribe(self, connection: Connection, channel: str) -> None:
+        if channel in connection.channels:
+            self._forget(connection, channel)
+            connection.positions.pop(channel, None)
+
+    async def refresh_presence(self, connection: Connection) -> None:
+        for channel in list(connection.channels):
+            await self.backend.refresh(channel, connection.member)
+
+    def resume_token(self, positions: tuple[tuple[str, Position], ...]) -> str:
+        return self.tokens.encode(dict(positions))
+
+    # -- delivery --------------------------------------------------------------------
+
+    def _deliver(self, item: Message | PresenceEvent) -> None:
+        subscribers = self._subscribers.get(item.channel)
+        if not subscribers:
+            return
+        if isinstance(item, PresenceEvent):
+            frame = item.frame()
+            for connection in list(subscribers):
+                connection.send(frame)
+            return
+        metrics.DELIVERY_LATENCY.observe(max(time.time() - item.published_at, 0.0))
+        for connection in list(subscribers):
+            if connection.offer(item):
+                metrics.DELIVERED.labels(connection.transport).inc()
+            elif connection.closing:
+                # Closed (e.g. too slow) but its transport has not ended yet: stop feeding it.
+                metrics.DROPPED.labels(connection.transport, connection.close_reason or "").inc()
+                subscribers.discard(connection)
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)

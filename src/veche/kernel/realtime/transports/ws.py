@@ -1,0 +1,222 @@
+"""The WebSocket transport: JSON frames both ways.
+
+The client authenticates with its first frame, `{"type": "auth", "token": "<access
+token>"}`, so the token never appears in a URL or an access log. Then it may send
+`subscribe` (with `epoch` and `offset` to recover from), `unsubscribe`, `publish` where the
+channel's policy allows, and `ping`. Every reply echoes the request's `ref`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import WebSocket, WebSocketDisconnect
+
+from veche.kernel.errors import ProblemError
+from veche.kernel.identity.models import User
+from veche.kernel.identity.service import authenticate
+from veche.kernel.realtime.hub import CLOSE_CODES, CLOSED, Connection, Hub, Outgoing
+from veche.kernel.realtime.message import EVENT_PATTERN, Position
+from veche.kernel.realtime.transports.stream import router
+from veche.kernel.runtime import Kernel
+
+log = structlog.get_logger("veche.realtime")
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+def _error(code: str, detail: str, ref: Any = None, **extra: Any) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail, **extra}
+    if ref is not None:
+        frame["ref"] = ref
+    return frame
+
+
+async def _send(websocket: WebSocket, frame: dict[str, Any]) -> None:
+    await websocket.send_text(orjson.dumps(frame).decode())
+
+
+def _parse(text: str, limit: int) -> dict[str, Any]:
+    if len(text.encode()) > limit:
+        raise FrameError("frame_too_large", f"Frames may be at most {limit} bytes")
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise FrameError("invalid_frame", "A frame must be one JSON object") from exc
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise FrameError("invalid_frame", "A frame must be a JSON object with a 'type'")
+    return value
+
+
+async def _receive(websocket: WebSocket, limit: int) -> dict[str, Any] | None:
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        return None
+    text = message.get("text")
+    if text is None:
+        raw = message.get("bytes") or b""
+        if len(raw) > limit:
+            raise FrameError("frame_too_large", f"Frames may be at most {limit} bytes")
+        raise FrameError("invalid_frame", "Send frames as text, not binary")
+    return _parse(text, limit)
+
+
+async def _authenticate(websocket: WebSocket, kernel: Kernel) -> User | None:
+    hub = kernel.realtime
+    try:
+        frame = await asyncio.wait_for(
+            _receive(websocket, hub.settings.max_frame_bytes),
+            hub.settings.auth_timeout_seconds,
+        )
+    except TimeoutError:
+        await _send(websocket, _error("unauthorized", "Send an auth frame first"))
+        await websocket.close(POLICY_VIOLATION, "unauthorized")
+        return None
+    except FrameError as exc:
+        await _send(websocket, _error(exc.code, exc.detail))
+        await websocket.close(POLICY_VIOLATION, exc.code)
+        return None
+    if frame is None:
+        return None
+    token = frame.get("token")
+    if frame["type"] != "auth" or not isinstance(token, str) or not token:
+        detail = 'The first frame must be {"type": "auth", "token": "<access token>"}'
+        await _send(websocket, _error("unauthorized", detail))
+        await websocket.close(POLICY_VIOLATION, "unauthorized")
+        return None
+    try:
+        authenticated = await authenticate(kernel, token)
+    except ProblemError as exc:
+        await _send(websocket, _error(exc.code, exc.detail or exc.title))
+        await websocket.close(POLICY_VIOLATION, exc.code)
+        return None
+    return authenticated.user
+
+
+def _since(frame: dict[str, Any]) -> Position | None:
+    offset, epoch = frame.get("offset"), frame.get("epoch")
+    if offset is None and epoch is None:
+        return None
+    if not isinstance(offset, int) or isinstance(offset, bool) or not isinstance(epoch, str):
+        raise FrameError("invalid_frame", "To recover, send both 'epoch' (text) and 'offset'")
+    return Position(epoch, offset)
+
+
+async def _handle(hub: Hub, connection: Connection, frame: dict[str, Any]) -> None:
+    kind, ref = frame["type"], frame.get("ref")
+    channel = frame.get("channel")
+    if kind == "ping":
+        connection.send({"type": "pong", "ref": ref} if ref is not None else {"type": "pong"})
+        return
+    if kind not in ("subscribe", "unsubscribe", "publish"):
+        raise FrameError("invalid_frame", f"Unknown frame type {str(kind)[:40]!r}")
+    if not isinstance(channel, str):
+        raise FrameError("invalid_frame", f"A {kind} frame needs a 'channel'")
+    try:
+        if kind == "subscribe":
+            await hub.subscribe(connection, channel, _since(frame))
+        elif kind == "unsubscribe":
+            await hub.unsubscribe(connection, channel)
+            connection.send({"type": "unsubscribed", "channel": channel, "ref": ref})
+        else:
+            event = frame.get("event", "message")
+            if not isinstance(event, str) or not EVENT_PATTERN.match(event):
+                raise FrameError("invalid_frame", "'event' must be a short name (._:- allowed)")
+            await hub.policies.authorize_publish(connection.user, channel)
+            message = await hub.publish(channel, frame.get("data"), event=event)
+            connection.send(
+                {"type": "published", "channel": channel, "offset": message.offset, "ref": ref}
+            )
+    except ProblemError as exc:
+        connection.send(_error(exc.code, exc.detail or exc.title, ref, channel=channel))
+
+
+async def _read(websocket: WebSocket, hub: Hub, connection: Connection) -> None:
+    limit = hub.settings.max_frame_bytes
+    while not connection.closing:
+        try:
+            frame = await _receive(websocket, limit)
+        except FrameError as exc:
+            if exc.code == "frame_too_large":
+                connection.close("frame_too_large")  # the writer says why, then closes
+                return
+            connection.send(_error(exc.code, exc.detail))
+            continue
+        if frame is None:
+            return
+        try:
+            await _handle(hub, connection, frame)
+        except FrameError as exc:
+            connection.send(_error(exc.code, exc.detail, frame.get("ref")))
+
+
+async def _write(websocket: WebSocket, hub: Hub, connection: Connection) -> None:
+    while True:
+        item = await connection.next(hub.settings.heartbeat_seconds)
+        if item is CLOSED:
+            reason = connection.close_reason or "shutdown"
+            code = CLOSE_CODES.get(reason, POLICY_VIOLATION)
+            final: dict[str, Any] | None = {"type": "reconnect", "reason": reason}
+            if reason == "frame_too_large":
+                code = MESSAGE_TOO_BIG
+                limit = hub.settings.max_frame_bytes
+                final = _error(reason, f"Frames may be at most {limit} bytes")
+            elif reason == "goodbye":
+                final = None
+            if final is not None:
+                with contextlib.suppress(Exception):
+                    await _send(websocket, final)
+            with contextlib.suppress(Exception):
+                await websocket.close(code, reason)
+            return
+        if item is None:
+            await hub.refresh_presence(connection)
+            await _send(websocket, {"type": "heartbeat"})
+            continue
+        assert isinstance(item, Outgoing)
+        await _send(websocket, item.frame)
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    kernel: Kernel = websocket.app.state.kernel
+    hub = kernel.realtime
+    await websocket.accept()
+    user = await _authenticate(websocket, kernel)
+    if user is None:
+        return
+    try:
+        connection = hub.open(user, "ws")
+    except ProblemError as exc:
+        await _send(websocket, _error(exc.code, exc.detail or exc.title))
+        await websocket.close(CLOSE_CODES["shutdown"], exc.code)
+        return
+    try:
+        await _send(
+            websocket,
+            {"type": "welcome", "connection_id": connection.id, "user_id": str(user.id)},
+        )
+        reader = asyncio.create_task(_read(websocket, hub, connection))
+        writer = asyncio.create_task(_write(websocket, hub, connection))
+        done, _pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done and not connection.closing:
+            # The client went away (or broke the protocol): nothing more to write.
+            writer.cancel()
+        elif writer in done:
+            reader.cancel()
+        for task in (reader, writer):
+            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
+                await task
+    finally:
+        hub.disconnect(connection)

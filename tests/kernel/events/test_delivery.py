@@ -1,0 +1,237 @@
+"""Emitting, relaying and consuming: on the SQL outbox by default, on NATS JetStream
+(and PostgreSQL) when the `VECHE_TEST_*` URLs are set."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+
+from tests.conftest import TEST_EVENTS_URL
+from tests.events_app import EntryRecorded, EntryVoided
+from tests.kernel.events.conftest import eventually, handled_count
+from veche.kernel import Kernel
+from veche.kernel.events import (
+    DeadLetter,
+    Event,
+    InvalidEventPayload,
+    OutboxEvent,
+    UndeclaredEvent,
+    emit,
+)
+from veche.kernel.events.consumers import handle_once
+from veche.settings import Settings
+
+AUDITED = "ledger.entry.audited"
+JOURNAL = "ledger.journal"
+StartApp = Callable[..., Awaitable[FastAPI]]
+
+
+async def emit_entry(kernel: Kernel, amount: int = 1, note: str = "") -> Event:
+    async with kernel.db.unit_of_work() as session:
+        return await emit(session, "ledger.entry.recorded", EntryRecorded(amount=amount, note=note))
+
+
+async def test_an_emitted_event_carries_the_envelope_and_is_delivered(
+    ledger_app: StartApp,
+) -> None:
+    kernel: Kernel = (await ledger_app()).state.kernel
+    async with kernel.db.unit_of_work() as session:
+        event = await emit(
+            session, "ledger.entry.recorded", {"amount": 5, "note": "rent"}, subject="acct-1"
+        )
+
+    assert (event.type, event.source, event.subject) == (
+        "ledger.entry.recorded",
+        "ledger",
+        "acct-1",
+    )
+    assert event.schema_version == 2
+    assert event.id.version == 7
+    assert event.data == {"amount": 5, "note": "rent"}
+
+    async def delivered() -> bool:
+        return await handled_count(kernel, AUDITED, event.id) == 1
+
+    await eventually(delivered)
+    async with kernel.db.sessions() as session:
+        row = await session.get(OutboxEvent, event.id)
+    assert row is not None
+    assert row.published_at is not None
+
+
+async def test_an_event_emitted_in_a_rolled_back_transaction_is_never_delivered(
+    ledger_app: StartApp,
+) -> None:
+    kernel: Kernel = (await ledger_app()).state.kernel
+
+    async def failing_change() -> Event:
+        async with kernel.db.unit_of_work() as session:
+            event = await emit(session, "ledger.entry.recorded", {"amount": 1})
+            failed.append(event)
+            raise RuntimeError("the change failed")
+
+    failed: list[Event] = []
+    with pytest.raises(RuntimeError):
+        await failing_change()
+    [rolled_back] = failed
+    committed = await emit_entry(kernel, 2)
+
+    async def committed_delivered() -> bool:
+        return (
+            await handled_count(kernel, AUDITED, committed.id) == 1
+            and await handled_count(kernel, JOURNAL, committed.id) == 1
+        )
+
+    # Consumers read in order, so once the later event is handled the earlier is decided.
+    await eventually(committed_delivered)
+    assert await handled_count(kernel, AUDITED, rolled_back.id) == 0
+    assert await handled_count(kernel, JOURNAL, rolled_back.id) == 0
+    async with kernel.db.sessions() as session:
+        assert await session.get(OutboxEvent, rolled_back.id) is None
+
+
+async def test_events_emitted_while_consumers_are_stopped_arrive_after_restart(
+    ledger_app: StartApp, app_factory: Callable[..., Awaitable[FastAPI]], events_settings: object
+) -> None:
+    from tests.events_app import module as ledger_module
+    from veche.kernel import build_app
+
+    first = build_app(events_settings, [ledger_module])  # type: ignore[arg-type]
+    lifespan = first.router.lifespan_context(first)
+    await lifespan.__aenter__()
+    first_kernel: Kernel = first.state.kernel
+    early = await emit_entry(first_kernel, 1)
+
+    async def early_delivered() -> bool:
+        return await handled_count(first_kernel, AUDITED, early.id) == 1
+
+    await eventually(early_delivered)
+    await lifespan.__aexit__(None, None, None)
+
+    # An API-only process emits while no worker runs.
+    api: Kernel = (await ledger_app(role="api")).state.kernel
+    waiting = [await emit_entry(api, amount) for amount in (10, 20, 30)]
+    async with api.db.unit_of_work() as session:
+        voided = await emit(session, "ledger.entry.voided", EntryVoided(entry_id="x"))
+
+    worker: Kernel = (await ledger_app(role="worker")).state.kernel
+
+    async def all_delivered() -> bool:
+        counts = [await handled_count(worker, AUDITED, event.id) for event in waiting]
+        return counts == [1, 1, 1] and await handled_count(worker, JOURNAL, voided.id) == 1
+
+    await eventually(all_delivered)
+    assert await handled_count(worker, AUDITED, early.id) == 1  # not repeated
+    for event in [*waiting, voided]:
+        assert await handled_count(worker, JOURNAL, event.id) == 1
+
+
+async def test_a_redelivered_event_changes_the_database_once(ledger_app: StartApp) -> None:
+    kernel: Kernel = (await ledger_app(role="api")).state.kernel
+    auditor = kernel.events.consumers["ledger-auditor"]
+    event = Event(type="ledger.entry.recorded", source="ledger", data={"amount": 3})
+
+    assert await handle_once(kernel, auditor, event, 1) is True
+    assert await handle_once(kernel, auditor, event, 2) is False
+    assert await handled_count(kernel, AUDITED, event.id) == 1
+
+
+async def test_a_failing_handler_is_retried_then_dead_lettered_without_blocking(
+    ledger_app: StartApp,
+) -> None:
+    from tests.events_app import FAILING_NOTES
+
+    kernel: Kernel = (await ledger_app()).state.kernel
+    FAILING_NOTES.add("poison-1")
+    try:
+        poison = await emit_entry(kernel, 1, note="poison-1")
+        later = await emit_entry(kernel, 2, note="fine")
+
+        async def later_delivered() -> bool:
+            return await handled_count(kernel, AUDITED, later.id) == 1
+
+        await eventually(later_delivered)
+    finally:
+        FAILING_NOTES.discard("poison-1")
+    async with kernel.db.sessions() as session:
+        letters = (await session.scalars(select(DeadLetter))).all()
+    assert [(letter.consumer, letter.event_id) for letter in letters] == [
+        ("ledger-auditor", poison.id)
+    ]
+    assert letters[0].attempts == 3
+    assert letters[0].error_type == "AuditorRefused"
+    assert "poison-1" in letters[0].error_message
+    assert await handled_count(kernel, AUDITED, poison.id) == 0
+    assert await handled_count(kernel, JOURNAL, poison.id) == 1  # other consumers unaffected
+
+
+async def test_undeclared_types_and_invalid_payloads_are_refused(ledger_app: StartApp) -> None:
+    kernel: Kernel = (await ledger_app(role="api")).state.kernel
+    async with kernel.db.unit_of_work() as session:
+        with pytest.raises(UndeclaredEvent):
+            await emit(session, "ledger.entry.exploded", {"amount": 1})
+        with pytest.raises(UndeclaredEvent):
+            await emit(session, "other.entry.recorded", {"amount": 1})
+        with pytest.raises(InvalidEventPayload):
+            await emit(session, "ledger.entry.recorded", {"amount": "lots"})
+        with pytest.raises(InvalidEventPayload):
+            await emit(session, "ledger.entry.recorded", {"amount": 1, "extra": True})
+        with pytest.raises(InvalidEventPayload):
+            await emit(session, "ledger.entry.recorded", EntryVoided(entry_id="x"))
+    async with kernel.db.sessions() as session:
+        assert (await session.scalars(select(OutboxEvent))).all() == []
+
+
+async def test_a_commit_wakes_the_relay_and_consumers_without_polling(
+    ledger_app: StartApp, events_settings: Settings
+) -> None:
+    hourly = events_settings.events.model_copy(update={"poll_interval_seconds": 3600.0})
+    kernel: Kernel = (await ledger_app(events=hourly)).state.kernel
+    event = await emit_entry(kernel, 4)
+
+    async def delivered() -> bool:
+        return await handled_count(kernel, JOURNAL, event.id) == 1
+
+    await eventually(delivered)
+
+
+async def test_event_metrics_are_exported(ledger_app: StartApp) -> None:
+    app = await ledger_app()
+    kernel: Kernel = app.state.kernel
+    event = await emit_entry(kernel, 6)
+
+    async def delivered() -> bool:
+        return await handled_count(kernel, JOURNAL, event.id) == 1
+
+    await eventually(delivered)
+    from tests.conftest import client_for
+
+    async with client_for(app) as client:
+        text = (await client.get("/metrics")).text
+    for name in (
+        'veche_events_emitted_total{type="ledger.entry.recorded"}',
+        'veche_events_published_total{type="ledger.entry.recorded"}',
+        'veche_events_consumed_total{consumer="ledger-journal",type="ledger.entry.recorded"}',
+        'veche_events_consumer_lag{consumer="ledger-journal"}',
+        'veche_events_end_to_end_seconds_count{consumer="ledger-journal"}',
+    ):
+        assert name in text
+
+
+@pytest.mark.skipif(not TEST_EVENTS_URL, reason="needs NATS JetStream (VECHE_TEST_EVENTS_URL)")
+async def test_jetstream_drops_a_second_publish_of_the_same_event(ledger_app: StartApp) -> None:
+    kernel: Kernel = (await ledger_app(role="api")).state.kernel
+    event = await emit_entry(kernel, 8)
+    backend: Any = kernel.events.backend
+    async with kernel.db.sessions() as session:
+        row = await session.get(OutboxEvent, event.id)
+        assert row is not None
+        await backend.publish(session, [row])
+        await backend.publish(session, [row])  # a relay that crashed before marking it sent
+    js = await backend.jetstream()
+    info = await js.stream_info(backend.stream_name("ledger"))
+    assert info.state.messages == 1

@@ -1,0 +1,64 @@
+"""Presence: join and leave events, and expiry of connections that vanished silently."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.kernel.realtime.conftest import Live
+from veche.kernel.realtime import Member
+from veche.kernel.realtime.backends.memory import MemoryBackend
+from veche.kernel.realtime.message import Message, PresenceEvent
+from veche.settings import RealtimeSettings
+
+
+async def test_subscribers_see_who_joins_and_leaves(live: Live) -> None:
+    ann = await live.account("ann@example.com")
+    bob = await live.account("bob@example.com")
+    async with live.ws(ann) as watcher:
+        subscribed = await watcher.subscribe("room:lobby")
+        assert [member["user_id"] for member in subscribed["presence"]] == [ann["user"]["id"]]
+        async with live.ws(bob) as visitor:
+            seen = await visitor.subscribe("room:lobby")
+            assert {member["user_id"] for member in seen["presence"]} == {
+                ann["user"]["id"],
+                bob["user"]["id"],
+            }
+            join = await watcher.receive_type("presence")
+            while join["connection_id"] != visitor.connection_id:
+                join = await watcher.receive_type("presence")
+            assert (join["action"], join["user_id"]) == ("join", bob["user"]["id"])
+            members = await live.in_server(live.hub.presence("room:lobby"))
+            assert len(members) == 2
+        leave = await watcher.receive_type("presence")
+        assert (leave["action"], leave["connection_id"]) == ("leave", visitor.connection_id)
+
+
+async def test_a_connection_that_dies_without_goodbye_leaves(live: Live) -> None:
+    ann = await live.account("ann@example.com")
+    bob = await live.account("bob@example.com")
+    async with live.ws(ann) as watcher:
+        await watcher.subscribe("room:lobby")
+        async with live.ws(bob) as visitor:
+            await visitor.subscribe("room:lobby")
+            await watcher.receive_type("presence")  # its join
+            visitor.socket.transport.abort()  # no close frame: the TCP connection just ends
+            leave = await watcher.receive_type("presence")
+            assert (leave["action"], leave["connection_id"]) == ("leave", visitor.connection_id)
+
+
+async def test_presence_that_is_not_refreshed_expires_with_a_leave_event() -> None:
+    # A replica that died cannot say goodbye for its connections: their entries expire.
+    backend = MemoryBackend(RealtimeSettings(presence_ttl_seconds=0.05))
+    delivered: list[Message | PresenceEvent] = []
+    await backend.start(delivered.append)
+    member = Member("connection-1", "user-1")
+    await backend.join("room:lobby", member)
+    assert await backend.members("room:lobby") == [member]
+    await asyncio.sleep(0.1)
+    assert await backend.members("room:lobby") == []
+    await backend.sweep()
+    assert delivered == [
+        PresenceEvent("room:lobby", "join", member),
+        PresenceEvent("room:lobby", "leave", member),
+    ]
+    await backend.close()
