@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner, Result
 
-from tests.conftest import FAST_AUTH, PASSWORD, TEST_REDIS_URL, TEST_SECRET
+from tests.conftest import FAST_AUTH, PASSWORD, TEST_EVENTS_URL, TEST_REDIS_URL, TEST_SECRET
 from veche.cli import app
 from veche.kernel.audit import AuditEvent
 from veche.kernel.db import Base, Database
@@ -34,6 +34,7 @@ from veche.migrate import head_revision
 from veche.settings import Settings
 
 CLOSED_REDIS_URL = "redis://127.0.0.1:1/0"
+CLOSED_NATS_URL = "nats://127.0.0.1:1"
 T = TypeVar("T")
 PRODUCTION_VARIABLES = (
     "VECHE_SECRET_KEY",
@@ -63,6 +64,8 @@ def test_database(monkeypatch: pytest.MonkeyPatch, migrated: str, clean: None) -
     monkeypatch.setenv("VECHE_DATABASE_URL", migrated)
     if TEST_REDIS_URL:
         monkeypatch.setenv("VECHE_REDIS_URL", TEST_REDIS_URL)
+    if TEST_EVENTS_URL:
+        monkeypatch.setenv("VECHE_EVENTS_URL", TEST_EVENTS_URL)
     return migrated
 
 
@@ -318,6 +321,32 @@ def test_check_names_an_unreachable_redis(
     stderr = refusal(result)
     assert "1 problem(s) found:" in stderr
     assert "redis: not reachable" in stderr
+
+
+def test_check_names_an_unreachable_nats(
+    monkeypatch: pytest.MonkeyPatch, test_database: str
+) -> None:
+    monkeypatch.setenv("VECHE_EVENTS_URL", CLOSED_NATS_URL)
+
+    result = veche("check")
+
+    stderr = refusal(result)
+    assert "1 problem(s) found:" in stderr
+    assert "events: not reachable" in stderr
+    assert "127.0.0.1" not in stderr
+
+
+def test_check_names_an_unusable_events_url(
+    monkeypatch: pytest.MonkeyPatch, test_database: str
+) -> None:
+    monkeypatch.setenv("VECHE_EVENTS_URL", "kafka://user:secret@broker.internal")
+
+    result = veche("check")
+
+    stderr = refusal(result)
+    assert "1 problem(s) found:" in stderr
+    assert "events: VECHE_EVENTS_URL names no events backend" in stderr
+    assert "secret" not in stderr
 
 
 def test_check_names_an_unknown_app(monkeypatch: pytest.MonkeyPatch, test_database: str) -> None:

@@ -45,6 +45,24 @@ async def _redis(settings: Settings) -> list[str]:
     return []
 
 
+async def _events(settings: Settings) -> list[str]:
+    from veche.kernel.events.backends import create_backend
+
+    if not settings.events_url:
+        return []
+    try:
+        backend = create_backend(settings.events_url, settings.events.stream_prefix)
+    except ValueError:  # the message quotes the URL, which may hold credentials
+        return ["events: VECHE_EVENTS_URL names no events backend (use nats://...)"]
+    try:
+        await asyncio.wait_for(backend.ping(), TIMEOUT_SECONDS)
+    except Exception as exc:
+        return [f"events: not reachable ({type(exc).__name__})"]
+    finally:
+        await backend.close()
+    return []
+
+
 def _apps(settings: Settings) -> list[str]:
     from veche.registry import UnknownApp, load_modules
 
@@ -64,4 +82,5 @@ async def run_checks(settings: Settings) -> list[str]:
         problems.append(f"tracing: {problem}")
     problems += await _database(settings)
     problems += await _redis(settings)
+    problems += await _events(settings)
     return problems

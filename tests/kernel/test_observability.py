@@ -40,6 +40,8 @@ async def test_ready_lists_every_check(client: httpx.AsyncClient, settings: Sett
     assert body["status"] == "ready"
     names = [check["name"] for check in body["checks"]]
     expected = {"database", "example.self"} | ({"redis"} if settings.redis_url else set())
+    if settings.events_url:  # NATS; the embedded SQL log is the database's check
+        expected.add("events")
     assert set(names) == expected
     assert all(check["ok"] and check["error"] is None for check in body["checks"])
 
@@ -48,13 +50,15 @@ async def test_ready_names_an_unreachable_backend(
     app_factory: AppFactory, settings_factory: SettingsFactory
 ) -> None:
     # Nothing listens on port 1.
-    app: FastAPI = await app_factory(settings_factory(redis_url="redis://127.0.0.1:1/0"))
+    settings = settings_factory(redis_url="redis://127.0.0.1:1/0")
+    app: FastAPI = await app_factory(settings)
     async with client_for(app) as client:
         response = await client.get("/ready")
         body = assert_problem(response, 503, "not_ready")
         assert body["detail"] == "Unreachable: redis"
         checks = {check["name"]: check for check in body["checks"]}
-        assert set(checks) == {"database", "redis", "example.self"}
+        events = {"events"} if settings.events_url else set()
+        assert set(checks) == {"database", "redis", "example.self"} | events
         assert checks["redis"]["ok"] is False
         assert checks["redis"]["error"]
         assert checks["database"]["ok"] is True
@@ -63,6 +67,25 @@ async def test_ready_names_an_unreachable_backend(
         assert "127.0.0.1" not in response.text
         # Liveness does not depend on the backends.
         assert (await client.get("/health")).status_code == 200
+
+
+async def test_ready_names_an_unreachable_events_backend(
+    app_factory: AppFactory, settings_factory: SettingsFactory
+) -> None:
+    # Nothing listens on port 1.
+    app: FastAPI = await app_factory(
+        settings_factory(redis_url=None, events_url="nats://127.0.0.1:1")
+    )
+    async with client_for(app) as client:
+        response = await client.get("/ready")
+        body = assert_problem(response, 503, "not_ready")
+        assert body["detail"] == "Unreachable: events"
+        checks = {check["name"]: check for check in body["checks"]}
+        assert set(checks) == {"database", "events", "example.self"}
+        assert checks["events"]["ok"] is False
+        assert checks["events"]["error"]
+        assert checks["database"]["ok"] is True
+        assert "127.0.0.1" not in response.text
 
 
 # -- metrics ----------------------------------------------------------------------------

@@ -39,6 +39,8 @@ def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, 
         checks["redis"] = kernel.limiter.check_storage
     if kernel.settings.realtime_url:
         checks["realtime"] = kernel.realtime.backend.ping
+    if kernel.events.external:  # the embedded SQL log is covered by the database check
+        checks["events"] = kernel.events.backend.ping
     for module in modules:
         for name, check in module.readiness.items():
             checks[f"{module.name}.{name}"] = check

@@ -137,8 +137,8 @@ class SseReader:
     ended: bool = False
     pending: list[str] = field(default_factory=list)
 
-    async def next(self) -> SseEvent | None:
-        return await asyncio.wait_for(self._next(), WAIT)
+    async def next(self, within: float = WAIT) -> SseEvent | None:
+        return await asyncio.wait_for(self._next(), within)
 
     async def _next(self) -> SseEvent | None:
         if self._lines is None:
@@ -165,7 +165,7 @@ class SseReader:
         self.ended = True
         return event if seen else None
 
-    async def next_of(self, *kinds: str) -> SseEvent:
+    async def next_of(self, *kinds: str, within: float = WAIT) -> SseEvent:
         """The next event of one of these kinds, skipping heartbeats and others."""
 
         async def find() -> SseEvent:
@@ -175,7 +175,7 @@ class SseReader:
                 if event.event in kinds and event.data is not None:
                     return event
 
-        return await asyncio.wait_for(find(), WAIT)
+        return await asyncio.wait_for(find(), within)
 
 
 @dataclass

@@ -61,6 +61,13 @@ class EventBus:
         self._wakeup.set()
 
     @property
+    def external(self) -> bool:
+        """Whether events live outside the database (a backend of their own to check)."""
+        from veche.kernel.events.backends.sql import SqlBackend
+
+        return not isinstance(self.backend, SqlBackend)
+
+    @property
     def running(self) -> bool:
         return self._relay is not None
 

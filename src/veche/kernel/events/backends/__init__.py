@@ -35,6 +35,9 @@ class Backend(Protocol):
     async def rewind(self, kernel: Kernel, consumer: Consumer, since: dt.datetime) -> None:
         """Deliver the consumer's events again from `since` on."""
 
+    async def ping(self) -> None:
+        """Raise unless the backend answers (readiness, `veche check`)."""
+
     async def close(self) -> None: ...
 
 

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("veche.events")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+PING_TIMEOUT_SECONDS = 2  # nats-py types its timeouts as int
 
 
 class NatsBackend:
@@ -74,6 +75,33 @@ class NatsBackend:
                 )
                 self._client = client
             return self._client.jetstream()
+
+    async def ping(self) -> None:
+        """A round trip to the server: on the open connection if there is one, else on a
+        short-lived one that gives up instead of reconnecting forever."""
+        client = self._client
+        if client is not None and client.is_connected:
+            await client.flush(timeout=PING_TIMEOUT_SECONDS)
+            return
+        probe = Client()
+
+        async def quiet(_error: Exception) -> None:
+            return None
+
+        try:
+            await probe.connect(
+                self.url,
+                name="veche-events-ping",
+                allow_reconnect=False,
+                connect_timeout=PING_TIMEOUT_SECONDS,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0,
+                error_cb=quiet,
+            )
+            await probe.flush(timeout=PING_TIMEOUT_SECONDS)
+        finally:
+            if not probe.is_closed:
+                await probe.close()
 
     async def ensure_stream(self, app: str) -> str:
         name = self.stream_name(app)
