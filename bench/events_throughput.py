@@ -45,19 +45,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
-VENV_BIN = Path(sys.executable).parent
-PG_ADMIN = ["psql", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
+from common import BENCH, PG_URL, RESULTS, VENV_BIN, log, reset_postgresql
+
 NATS_URL = "nats://127.0.0.1:4222"
 TARGET_EVENTS_PER_S = 2000.0
 WAIT_S = 240.0
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(slots=True)
@@ -150,23 +142,6 @@ async def run_once(args: argparse.Namespace) -> list[Result]:
 
 
 # -- driver ----------------------------------------------------------------------------------
-
-
-def psql(*args: str, database: str = "postgres") -> str:
-    result = subprocess.run(
-        [*PG_ADMIN, "-d", database, "-tA", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.stdout.strip()
-
-
-def reset_postgresql() -> None:
-    if psql("-c", "SELECT 1 FROM pg_database WHERE datname = 'bench'") != "1":
-        psql("-c", "CREATE DATABASE bench")
-    psql("-c", "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;", database="bench")
 
 
 async def delete_streams(prefix: str) -> int:

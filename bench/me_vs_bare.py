@@ -32,7 +32,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,17 +42,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
-VENV_BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
+from common import (
+    BENCH,
+    HOST,
+    PASSWORD,
+    PG_URL,
+    RESULTS,
+    ROOT,
+    VENV_BIN,
+    free_port,
+    log,
+    reset_postgresql,
+)
+
 ME_PATH = "/api/v1/me"
 BARE_PATH = "/bare"
-PG_ADMIN = ["psql", "-h", HOST, "-p", "5432", "-U", "postgres", "-v", "ON_ERROR_STOP=1"]
-PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench"
 EMAIL = "bench@example.com"
-PASSWORD = "correct-horse-battery-staple-42"  # noqa: S105 - a throwaway benchmark account
 TARGET_RATIO = 0.35
 TARGET_P99_MS = 25.0
 SERVER_ENV = {
@@ -69,17 +73,6 @@ SERVER_ENV = {
 
 
 # -- small helpers ------------------------------------------------------------------------
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def median(values: Sequence[float]) -> float:
@@ -226,29 +219,6 @@ def servers(
 
 
 # -- databases ----------------------------------------------------------------------------
-
-
-def psql(*args: str, database: str = "postgres") -> str:
-    result = subprocess.run(
-        [*PG_ADMIN, "-d", database, "-tA", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return result.stdout.strip()
-
-
-def reset_postgresql() -> str:
-    """A clean `bench` database: created when missing, its public schema dropped."""
-    if psql("-c", "SELECT 1 FROM pg_database WHERE datname = 'bench'") != "1":
-        psql("-c", "CREATE DATABASE bench")
-    psql(
-        "-c",
-        "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;",
-        database="bench",
-    )
-    return psql("-c", "SHOW server_version")
 
 
 def server_env(database: str, data_dir: Path) -> dict[str, str]:

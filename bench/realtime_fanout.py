@@ -42,7 +42,6 @@ import os
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,13 +54,9 @@ from typing import Any
 
 import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
-VENV_BIN = Path(sys.executable).parent
-HOST = "127.0.0.1"
+from common import BENCH, HOST, PASSWORD, RESULTS, VENV_BIN, free_port, log
+
 EMAIL = "fanout@example.com"
-PASSWORD = "correct-horse-battery-staple-42"  # noqa: S105 - a throwaway benchmark account
 TARGET_P99_MS = 100.0
 PATHS = {"sse": "/api/v1/realtime/sse", "ndjson": "/api/v1/realtime/stream"}
 SERVER_ENV = {
@@ -72,17 +67,6 @@ SERVER_ENV = {
     "VECHE_ROLE": "api",
     "VECHE_AUTH__ACCESS_TOKEN_TTL_SECONDS": "7200",
 }
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def raise_fd_limit() -> int:
