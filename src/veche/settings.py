@@ -100,6 +100,53 @@ class RealtimeSettings(BaseModel):
     namespace: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "veche"
 
 
+LLMProviderName = Literal["local", "openai"]
+
+
+class LLMProfile(BaseModel):
+    """One purpose's model choice; every unset field falls back to the `VECHE_LLM_*` default."""
+
+    provider: LLMProviderName | None = None
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=200_000)] | None = None
+    timeout_seconds: PositiveFloat | None = None
+
+
+class ModelPrice(BaseModel):
+    """What a model costs, in currency units per million tokens."""
+
+    input_per_million: Annotated[float, Field(ge=0.0)] = 0.0
+    output_per_million: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class AISettings(BaseModel):
+    """The AI gateway: purposes, prices, budgets and resilience (`VECHE_AI__*`).
+
+    Profiles and prices are JSON in the environment, e.g.
+    `VECHE_AI__PROFILES='{"planner": {"model": "gpt-4.1", "temperature": 0}}'`.
+    """
+
+    profiles: dict[str, LLMProfile] = Field(default_factory=dict)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.3
+    max_tokens: Annotated[int, Field(ge=1, le=200_000)] = 512
+    timeout_seconds: PositiveFloat = 60.0
+    # Tokens (prompt + completion) one user may spend per UTC day; 0 switches budgets off.
+    daily_token_budget: NonNegativeInt = 200_000
+    max_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    circuit_failure_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    circuit_reset_seconds: PositiveFloat = 30.0
+    # The in-process model: llama.cpp on one thread (two threads on a busy 2-core machine
+    # run several times slower), one call at a time.
+    local_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    local_context_tokens: Annotated[int, Field(ge=256, le=32_768)] = 2048
+    embedding_batch_size: Annotated[int, Field(ge=1, le=2048)] = 32
+    embedding_cache_size: NonNegativeInt = 10_000
+
+
 class Settings(BaseSettings):
     """The whole configuration of a Veche process."""
 
@@ -135,12 +182,26 @@ class Settings(BaseSettings):
     events_url: str | None = None
     realtime_url: str | None = None
 
+    # The LLM gateway's defaults; per-purpose overrides live in `ai.profiles`.
+    llm_provider: LLMProviderName = "local"
+    llm_base_url: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_model: str | None = None
+    embeddings_provider: LLMProviderName = "local"
+    embeddings_base_url: str | None = None
+    embeddings_api_key: SecretStr | None = None
+    embeddings_model: str | None = None
+    # Qdrant server for vector memory; without it vectors live under `data_dir`.
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+
     secret_key: SecretStr | None = None
     previous_secret_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     auth: AuthSettings = Field(default_factory=AuthSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    ai: AISettings = Field(default_factory=AISettings)
 
     max_body_bytes: PositiveInt = 1 * MIB
     # Named policies; given ones override these defaults, the rest stay.
