@@ -235,3 +235,39 @@ async def test_jetstream_drops_a_second_publish_of_the_same_event(ledger_app: St
     js = await backend.jetstream()
     info = await js.stream_info(backend.stream_name("ledger"))
     assert info.state.messages == 1
+
+
+async def test_a_batch_with_a_failing_event_handles_the_rest_once_and_in_order(
+    ledger_app: StartApp,
+) -> None:
+    from tests.events_app import FAILING_NOTES
+    from veche.kernel import AuditEvent
+
+    api: Kernel = (await ledger_app(role="api")).state.kernel
+    notes = [f"n{index}" for index in range(30)]
+    notes[12] = "poison-batch"
+    async with api.db.unit_of_work() as session:
+        events = [
+            await emit(session, "ledger.entry.recorded", EntryRecorded(amount=i, note=note))
+            for i, note in enumerate(notes)
+        ]
+    FAILING_NOTES.add("poison-batch")
+    try:
+        worker: Kernel = (await ledger_app(role="worker")).state.kernel
+
+        async def settled() -> bool:
+            async with worker.db.sessions() as session:
+                letters = (await session.scalars(select(DeadLetter))).all()
+            return len(letters) == 1 and await handled_count(worker, AUDITED, events[-1].id) == 1
+
+        await eventually(settled)
+    finally:
+        FAILING_NOTES.discard("poison-batch")
+    async with worker.db.sessions() as session:
+        audited = (
+            await session.scalars(
+                select(AuditEvent).where(AuditEvent.action == AUDITED).order_by(AuditEvent.id)
+            )
+        ).all()
+    expected = [str(event.id) for event in events if event is not events[12]]
+    assert [row.target_id for row in audited] == expected  # once each, in log order

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from veche.kernel.db import Database, utcnow
@@ -128,10 +128,14 @@ class EventBus:
                 if not rows:
                     return 0
                 await self.backend.publish(session, rows)
-                now = utcnow()
-                for row in rows:
-                    row.published_at = now
                 types = [row.type for row in rows]
+                await session.flush()  # the SQL log's positions, if it gave any
+                await session.execute(
+                    update(OutboxEvent)
+                    .where(OutboxEvent.id.in_([row.id for row in rows]))
+                    .values(published_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
         except IntegrityError:
             # Another relay took the same log positions first; this batch goes next time.
             self._wakeup.set()

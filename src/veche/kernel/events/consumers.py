@@ -1,11 +1,15 @@
 """Consumers: how apps react to events, each event handled once per consumer.
 
 A consumer is an async function of `(event, context)` declared with `@consumer(...)` and
-listed in `AppModule.consumers`. Each delivery runs in its own unit of work that also
-inserts a `event_processed` row for (consumer, event id): if that row exists the event is
-skipped, so a redelivered event never applies the handler's database work twice. A
-failing handler is retried with exponential backoff and jitter; after the last attempt
-the event is written to the dead-letter table and the consumer moves on.
+listed in `AppModule.consumers`. Each delivery inserts an `event_processed` row for
+(consumer, event id) in the handler's unit of work: if that row exists the event is
+skipped, so a redelivered event never applies the handler's database work twice.
+
+Events are handled in batches: one unit of work runs the handlers of a whole batch in
+order, so a busy consumer commits once per batch instead of once per event. When any
+handler in the batch fails, that transaction rolls back and the batch is handled again
+one event per unit of work, where a failing handler is retried with exponential backoff
+and jitter and, after the last attempt, written to the dead-letter table.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -129,6 +133,56 @@ async def handle_once(
     return True
 
 
+async def handle_batch(
+    kernel: Kernel,
+    handler: Consumer,
+    events: Sequence[Event],
+    also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+) -> bool:
+    """Handle the events in order in one unit of work (with `also`, e.g. moving the offset
+    past the last one). False, with nothing committed, if any handler failed or another
+    worker handled one of them concurrently: the caller then delivers them one by one."""
+    if not events:
+        return True
+    handled: list[Event] = []
+    try:
+        async with kernel.db.unit_of_work() as session:
+            ids = [event.id for event in events]
+            done = set(
+                (
+                    await session.scalars(
+                        select(ProcessedEvent.event_id).where(
+                            ProcessedEvent.consumer == handler.name,
+                            ProcessedEvent.event_id.in_(ids),
+                        )
+                    )
+                ).all()
+            )
+            for event in events:
+                if event.id in done:
+                    continue
+                done.add(event.id)  # a batch may carry a redelivered duplicate
+                session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
+                await handler(event, ConsumerContext(session, kernel, handler.name, 1))
+                handled.append(event)
+            await session.flush()
+            if also is not None:
+                await also(session)
+    except Exception as exc:
+        log.info(
+            "event_batch_failed",
+            consumer=handler.name,
+            size=len(events),
+            error=type(exc).__name__,
+        )
+        return False
+    now = utcnow()
+    for event in handled:
+        metrics.CONSUMED.labels(handler.name, event.type).inc()
+        metrics.LATENCY.labels(handler.name).observe(max(0.0, (now - event.time).total_seconds()))
+    return True
+
+
 async def record_failure(
     session: AsyncSession, handler: Consumer, event: Event, error: BaseException, attempts: int
 ) -> None:
@@ -173,9 +227,11 @@ async def deliver(
     handler: Consumer,
     event: Event,
     also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    waiting: Callable[[], Awaitable[None]] | None = None,
 ) -> bool:
     """Handle the event, retrying with backoff; dead-letter it after the last attempt.
-    True if it was handled (or had been), False if it was dead-lettered."""
+    True if it was handled (or had been), False if it was dead-lettered. `waiting` runs
+    before each backoff sleep (NATS: tell the server the message is still in progress)."""
     settings = kernel.settings.events
     for attempt in range(1, settings.max_attempts + 1):
         try:
@@ -195,6 +251,8 @@ async def deliver(
                     if also is not None:
                         await also(session)
                 return False
+            if waiting is not None:
+                await waiting()
             await asyncio.sleep(retry_delay(settings, attempt))
         else:
             return True

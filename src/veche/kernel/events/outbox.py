@@ -101,8 +101,9 @@ async def emit(
     is not declared by a mounted app or the payload does not fit its model. Never commits.
     """
     event = registry_of(session).build(event_type, payload, subject=subject, actor_id=actor_id)
+    # Not flushed here: the rows of a unit of work go to the database together, in one
+    # multi-row INSERT, when it flushes or commits.
     session.add(outbox_row(event))
-    await session.flush()
     session.info[_EMITTED_KEY] = True
     metrics.EMITTED.labels(event.type).inc()
     return event

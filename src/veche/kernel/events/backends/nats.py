@@ -4,9 +4,11 @@ One stream per app (`<PREFIX>_<APP>`, subjects `<prefix>.<app>.>`); the relay pu
 each outbox row with `Nats-Msg-Id` set to the event id, so JetStream drops a duplicate
 publish (a relay that crashed between publishing and marking the row sent) inside the
 stream's duplicate window. Each consumer reads every stream it needs through a durable
-pull consumer with explicit acks, one event in flight at a time (so events arrive in
-stream order); a failed event is nak'ed with a backoff delay and, on its last allowed
-delivery, dead-lettered and acknowledged.
+pull consumer with explicit acks, fetching up to a batch of events at a time and handling
+them in stream order in one unit of work, then acknowledging them. When a handler fails,
+the batch is handled again event by event, retrying the failing one in place (telling the
+server it is still in progress) and dead-lettering it after the last attempt, so later
+events never overtake it.
 """
 
 from __future__ import annotations
@@ -29,13 +31,7 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.kernel.events import metrics
-from veche.kernel.events.consumers import (
-    Consumer,
-    Failure,
-    handle_once,
-    record_failure,
-    retry_delay,
-)
+from veche.kernel.events.consumers import Consumer, deliver, handle_batch
 from veche.kernel.events.envelope import Event, app_of
 from veche.kernel.events.models import OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
@@ -47,6 +43,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("veche.events")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 PING_TIMEOUT_SECONDS = 2  # nats-py types its timeouts as int
+PUBLISH_TIMEOUT_SECONDS = 10.0
 
 
 class NatsBackend:
@@ -54,6 +51,7 @@ class NatsBackend:
         self.url = url
         self.prefix = prefix
         self._client: Client | None = None
+        self._js: JetStreamContext | None = None
         self._streams: set[str] = set()
         self._lock = asyncio.Lock()
 
@@ -74,7 +72,11 @@ class NatsBackend:
                     self.url, name="veche-events", max_reconnect_attempts=-1, drain_timeout=5
                 )
                 self._client = client
-            return self._client.jetstream()
+                self._js = None
+            if self._js is None:
+                # One context per connection: it holds the reply subscription of async publishes.
+                self._js = self._client.jetstream(publish_async_max_pending=10_000)
+            return self._js
 
     async def ping(self) -> None:
         """A round trip to the server: on the open connection if there is one, else on a
@@ -118,16 +120,25 @@ class NatsBackend:
         return name
 
     async def publish(self, session: AsyncSession, rows: Sequence[OutboxEvent]) -> None:
+        """Send the whole batch in order without waiting in between, then wait for every
+        acknowledgement; any refusal fails the batch, which the relay sends again (the
+        message ids make the repeats harmless)."""
         js = await self.jetstream()
+        acks = []
         for row in rows:
             stream = await self.ensure_stream(row.source)
             event = envelope_of(row)
-            await js.publish(
-                self.subject(event.type),
-                event.model_dump_json().encode(),
-                stream=stream,
-                headers={"Nats-Msg-Id": str(event.id)},
+            acks.append(
+                await js.publish_async(
+                    self.subject(event.type),
+                    event.model_dump_json().encode(),
+                    stream=stream,
+                    headers={"Nats-Msg-Id": str(event.id)},
+                )
             )
+        if acks:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await asyncio.gather(*acks)
 
     def published(self) -> None:
         return None
@@ -149,13 +160,16 @@ class NatsBackend:
     ) -> None:
         js = await self.jetstream()
         durable = self.durable_name(consumer)
+        settings = kernel.settings.events
         if since is None:
             try:
-                await js.consumer_info(stream, durable)
-                return
+                info = await js.consumer_info(stream, durable)
             except NotFoundError:
                 pass
-        settings = kernel.settings.events
+            else:
+                if info.config.max_ack_pending == settings.batch_size:
+                    return
+                # Made with another batch size: the server updates it in place.
         config: dict[str, Any] = {
             "durable_name": durable,
             "ack_policy": AckPolicy.EXPLICIT,
@@ -163,7 +177,8 @@ class NatsBackend:
             # Our own dead-lettering acts on the last attempt; the margin covers
             # deliveries lost to a crash mid-handler.
             "max_deliver": settings.max_attempts + 2,
-            "max_ack_pending": 1,
+            # One batch in flight: a fetch never holds more than the consumer handles.
+            "max_ack_pending": settings.batch_size,
         }
         if len(subjects) == 1:
             config["filter_subject"] = subjects[0]
@@ -196,17 +211,16 @@ class NatsBackend:
                     while True:
                         try:
                             messages = await subscription.fetch(
-                                1, timeout=settings.poll_interval_seconds
+                                settings.batch_size, timeout=settings.poll_interval_seconds
                             )
                         except TimeoutError:
                             metrics.LAG.labels(consumer.name).set(0)  # nothing pending
                             continue
-                        for message in messages:
-                            await self._handle(kernel, consumer, message)
-                            # What the stream still holds for it (of this stream, when it
-                            # reads several; the admin API sums them exactly).
-                            pending = message.metadata.num_pending or 0
-                            metrics.LAG.labels(consumer.name).set(pending)
+                        await self._handle_batch(kernel, consumer, messages)
+                        # What the stream still holds for it (of this stream, when it
+                        # reads several; the admin API sums them exactly).
+                        pending = messages[-1].metadata.num_pending or 0
+                        metrics.LAG.labels(consumer.name).set(pending)
                 finally:
                     # Nothing left for `drain()` to wait on at shutdown.
                     with contextlib.suppress(Exception):
@@ -217,27 +231,30 @@ class NatsBackend:
                 log.exception("event_consumer_failed", consumer=consumer.name, stream=stream)
                 await asyncio.sleep(settings.poll_interval_seconds)
 
-    async def _handle(self, kernel: Kernel, consumer: Consumer, message: Msg) -> None:
-        settings = kernel.settings.events
-        try:
-            event = Event.model_validate_json(message.data)
-        except ValidationError:
-            log.error("event_unreadable", consumer=consumer.name, subject=message.subject)
-            await message.term()  # never readable: redelivering it cannot help
-            return
-        attempt = message.metadata.num_delivered or 1
-        try:
-            await handle_once(kernel, consumer, event, attempt)
-        except Failure as failure:
-            metrics.FAILED.labels(consumer.name, event.type).inc()
-            if attempt >= settings.max_attempts:
-                async with kernel.db.unit_of_work() as session:
-                    await record_failure(session, consumer, event, failure.error, attempt)
+    async def _handle_batch(
+        self, kernel: Kernel, consumer: Consumer, messages: Sequence[Msg]
+    ) -> None:
+        readable: list[tuple[Msg, Event]] = []
+        for message in messages:
+            try:
+                readable.append((message, Event.model_validate_json(message.data)))
+            except ValidationError:
+                log.error("event_unreadable", consumer=consumer.name, subject=message.subject)
+                await message.term()  # never readable: redelivering it cannot help
+        if await handle_batch(kernel, consumer, [event for _, event in readable]):
+            for message, _ in readable:
                 await message.ack()
-            else:
-                await message.nak(delay=retry_delay(settings, attempt))
             return
-        await message.ack()
+        for index, (message, event) in enumerate(readable):
+            waiting = readable[index:]
+
+            async def still_working(waiting: list[tuple[Msg, Event]] = waiting) -> None:
+                # Retries must not outlast `ack_wait` for this event or those behind it.
+                for pending, _ in waiting:
+                    await pending.in_progress()
+
+            await deliver(kernel, consumer, event, waiting=still_working)
+            await message.ack()
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
         js = await self.jetstream()
@@ -270,4 +287,5 @@ class NatsBackend:
         if self._client is not None and not self._client.is_closed:
             await self._client.drain()
         self._client = None
+        self._js = None
         self._streams.clear()

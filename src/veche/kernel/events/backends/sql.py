@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.kernel.events import metrics
-from veche.kernel.events.consumers import Consumer, deliver
+from veche.kernel.events.consumers import Consumer, deliver, handle_batch
 from veche.kernel.events.models import ConsumerOffset, OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
 from veche.kernel.events.uuids import uuid7_floor
@@ -85,9 +85,15 @@ class SqlBackend:
                     .limit(kernel.settings.events.batch_size)
                 )
             ).all()
-        for row in rows:
-            assert row.log_position is not None
-            await deliver(kernel, consumer, envelope_of(row), _move_to(consumer, row.log_position))
+        if not rows:
+            return 0
+        events = [envelope_of(row) for row in rows]
+        last = rows[-1].log_position
+        assert last is not None
+        if not await handle_batch(kernel, consumer, events, _move_to(consumer, last)):
+            for row, event in zip(rows, events, strict=True):
+                assert row.log_position is not None
+                await deliver(kernel, consumer, event, _move_to(consumer, row.log_position))
         return len(rows)
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
