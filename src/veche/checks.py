@@ -63,6 +63,26 @@ async def _events(settings: Settings) -> list[str]:
     return []
 
 
+async def _ai(settings: Settings) -> list[str]:
+    from veche.kernel.ai.services import AIServices
+    from veche.kernel.db import Database
+
+    database = Database.from_settings(settings)  # for usage rows; not connected here
+    ai = AIServices(settings, database)
+    try:
+        problems = [f"ai: {problem}" for problem in ai.problems()]
+        if settings.qdrant_url and not problems:
+            try:
+                store = await asyncio.wait_for(ai.vectors(), TIMEOUT_SECONDS)
+                await asyncio.wait_for(store.health(), TIMEOUT_SECONDS)
+            except Exception as exc:
+                problems.append(f"ai: Qdrant not reachable ({type(exc).__name__})")
+    finally:
+        await ai.aclose()
+        await database.dispose()
+    return problems
+
+
 def _apps(settings: Settings) -> list[str]:
     from veche.registry import UnknownApp, load_modules
 
@@ -83,4 +103,5 @@ async def run_checks(settings: Settings) -> list[str]:
     problems += await _database(settings)
     problems += await _redis(settings)
     problems += await _events(settings)
+    problems += await _ai(settings)
     return problems

