@@ -215,8 +215,9 @@ class LLMGateway:
         provider = self.provider(profile)
         started = time.perf_counter()
         outcome, usage, pieces = "cancelled", TokenUsage(), 0
+        events = provider.stream(request)
         try:
-            async for event in provider.stream(request):
+            async for event in events:
                 if isinstance(event, Completion):
                     outcome, usage = "ok", event.usage
                 else:
@@ -229,11 +230,18 @@ class LLMGateway:
             outcome = "error"
             raise
         finally:
-            if outcome != "ok" and not usage.total_tokens:
-                usage = TokenUsage(completion_tokens=pieces)
-            await self._ledger.record(
-                self._record(profile, app, user_id, "stream", prompt, usage, started, outcome)
-            )
+            # Closed now, not whenever it is collected: an abandoned stream still holds the
+            # provider's connection and its circuit-breaker slot.
+            close = getattr(events, "aclose", None)
+            try:
+                if close is not None:
+                    await close()
+            finally:
+                if outcome != "ok" and not usage.total_tokens:
+                    usage = TokenUsage(completion_tokens=pieces)
+                await self._ledger.record(
+                    self._record(profile, app, user_id, "stream", prompt, usage, started, outcome)
+                )
 
     async def structured(
         self,
@@ -253,6 +261,11 @@ class LLMGateway:
         schema = output.model_json_schema()
         conversation = list(messages)
         error: ValidationError | None = None
+        parsed: list[OutputT] = []
+
+        def check(completion: Completion) -> None:
+            parsed.append(output.model_validate_json(completion.content or ""))
+
         for attempt in range(2):
             request = self._request(
                 profile,
@@ -262,22 +275,24 @@ class LLMGateway:
                 max_tokens=max_tokens,
                 temperature=temperature,
             )
-            completion = await self._complete(profile, request, app, user_id, "structured", prompt)
             try:
-                return output.model_validate_json(completion.content or "")
-            except ValidationError as exc:
-                error = exc
+                await self._complete(
+                    profile, request, app, user_id, "structured", prompt, check=check
+                )
+                return parsed[0]
+            except _InvalidAttempt as invalid:
+                error, completion = invalid.error, invalid.completion
                 log.info(
                     "ai.structured.invalid",
                     app=app,
                     purpose=profile.purpose,
                     attempt=attempt + 1,
-                    errors=exc.error_count(),
+                    errors=error.error_count(),
                 )
                 conversation = [
                     *messages,
                     Message.assistant(completion.content or ""),
-                    Message.user(_REPAIR.format(errors=_summarize(exc))),
+                    Message.user(_REPAIR.format(errors=_summarize(error))),
                 ]
         assert error is not None
         raise InvalidModelOutput(
@@ -298,16 +313,31 @@ class LLMGateway:
         user_id: UUID | None,
         kind: str,
         prompt: RenderedPrompt | None,
+        check: Callable[[Completion], None] | None = None,
     ) -> Completion:
+        """Call the provider and record the call; `check` validates the reply, and a reply
+        it refuses is recorded as `ai_invalid_output` and raised as `_InvalidAttempt`."""
         provider = self.provider(profile)
         started = time.perf_counter()
-        outcome, usage = "error", TokenUsage()
+        outcome, usage = "cancelled", TokenUsage()
         try:
             completion = await provider.complete(request)
-            outcome, usage = "ok", completion.usage
+            usage = completion.usage
+            if check is not None:
+                try:
+                    check(completion)
+                except ValidationError as exc:
+                    outcome = InvalidModelOutput.code
+                    raise _InvalidAttempt(exc, completion) from exc
+            outcome = "ok"
             return completion
+        except _InvalidAttempt:
+            raise
         except ProblemError as exc:
             outcome = exc.code
+            raise
+        except Exception:
+            outcome = "error"
             raise
         finally:
             await self._ledger.record(
@@ -337,6 +367,15 @@ class LLMGateway:
             outcome=outcome,
             prompt=prompt.label if prompt else None,
         )
+
+
+class _InvalidAttempt(Exception):
+    """A structured reply that did not validate; carries the error and the reply."""
+
+    def __init__(self, error: ValidationError, completion: Completion) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.completion = completion
 
 
 def _summarize(error: ValidationError, limit: int = 5) -> str:

@@ -47,8 +47,11 @@ def resolve(settings: Settings, purpose: str) -> ResolvedProfile:
     api_key = override.api_key if override and override.api_key else None
     model = override.model if override and override.model else None
     if inherits:
+        # The default key goes only to the default endpoint: a purpose that names its own
+        # server must name its own key too.
+        if base_url is None:
+            api_key = api_key or settings.llm_api_key
         base_url = base_url or settings.llm_base_url
-        api_key = api_key or settings.llm_api_key
         model = model or settings.llm_model
     if model is None and provider == "local":
         model = LOCAL_CHAT_MODEL

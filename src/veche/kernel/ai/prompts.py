@@ -73,7 +73,9 @@ class PromptLibrary:
             found.setdefault(name, []).append(version)
         return found
 
-    def render(self, name: str, version: int | None = None, **variables: Any) -> RenderedPrompt:
+    def render(self, name: str, /, version: int | None = None, **variables: Any) -> RenderedPrompt:
+        """The named prompt (its latest version unless pinned) filled with `variables`."""
+        # `name` is positional-only: `name` is also a common template variable.
         chosen = self._latest.get(name) if version is None else version
         template = self._templates.get((name, chosen)) if chosen is not None else None
         if template is None or chosen is None:
@@ -88,6 +90,7 @@ class PromptLibrary:
     def messages(
         self,
         name: str,
+        /,
         *,
         user_input: str | None = None,
         history: Sequence[Message] = (),

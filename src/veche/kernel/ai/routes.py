@@ -74,7 +74,7 @@ class BudgetRead(BaseModel):
 
 
 class UsageSummary(BaseModel):
-    since: dt.datetime
+    since: dt.datetime | None
     until: dt.datetime | None
     budget: BudgetRead | None = Field(description="the caller's own budget")
     totals: list[UsageTotal]
@@ -192,7 +192,7 @@ async def list_usage(
 async def usage_summary(
     session: DbSession, kernel: KernelDep, filters: Filters, user: CurrentUser
 ) -> UsageSummary:
-    if filters.since is None:
+    if filters.since is None and filters.until is None:
         filters.since = day_start(dt.datetime.now(dt.UTC))
     statement = (
         select(
