@@ -34,14 +34,16 @@ async def _not_locked(_user: User, channel: str) -> bool:
     return not channel.endswith(":locked")
 
 
-# A test app with two channel families: `room:` anyone may read and write (except
-# `room:...:locked` for writing); `news:` anyone may read, only the server writes.
+# A test app with three channel families: `room:` anyone may read and write (except
+# `room:...:locked` for writing); `news:` anyone may read, only the server writes;
+# `feed:` is like `news:` without presence, as a broadcast feed would be.
 rooms_module = AppModule(
     name="rooms",
     manifest=Manifest(name="rooms", version="0.1.0"),
     channel_policies={
         "room:": ChannelPolicy(subscribe=_anyone, publish=_not_locked),
         "news:": ChannelPolicy(subscribe=_anyone),
+        "feed:": ChannelPolicy(subscribe=_anyone, presence=False),
     },
 )
 
@@ -76,6 +78,20 @@ class Live:
             name = email.split("@", maxsplit=1)[0].capitalize()
             return await signed_up(http, email=email, display_name=name)
 
+    async def refreshed(self, tokens: dict[str, Any]) -> dict[str, Any]:
+        """A fresh token pair for the same session (the old refresh token stops working)."""
+        async with self.http() as http:
+            response = await http.post(
+                "/api/v1/auth/refresh", json={"refresh_token": tokens["refresh_token"]}
+            )
+            assert response.status_code == 200, response.text
+            return {**response.json(), "user": tokens["user"]}
+
+    async def logout(self, tokens: dict[str, Any]) -> None:
+        async with self.http() as http:
+            response = await http.post("/api/v1/auth/logout", headers=bearer(tokens))
+            assert response.status_code == 204, response.text
+
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.url, timeout=httpx.Timeout(WAIT))
 
@@ -87,6 +103,7 @@ class Live:
             welcome = await client.receive()
             assert welcome["type"] == "welcome", welcome
             client.connection_id = welcome["connection_id"]
+            client.welcome = welcome
             yield client
 
 
@@ -94,6 +111,7 @@ class Live:
 class WsClient:
     socket: ClientConnection
     connection_id: str = ""
+    welcome: dict[str, Any] = field(default_factory=dict)
 
     async def send(self, frame: dict[str, Any]) -> None:
         await self.socket.send(orjson.dumps(frame).decode())

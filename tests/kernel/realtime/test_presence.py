@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 
-from tests.kernel.realtime.conftest import Live
-from veche.kernel.realtime import Member
+import pytest
+
+from tests.kernel.realtime.conftest import Live, WsClient
+from veche.kernel.realtime import Member, PresenceDisabled, UnknownChannel
 from veche.kernel.realtime.backends.memory import MemoryBackend
 from veche.kernel.realtime.message import Message, PresenceEvent
 from veche.settings import RealtimeSettings
@@ -62,3 +66,39 @@ async def test_presence_that_is_not_refreshed_expires_with_a_leave_event() -> No
         PresenceEvent("room:lobby", "leave", member),
     ]
     await backend.close()
+
+
+async def _frames_until(client: WsClient, last: Callable[[dict[str, Any]], bool]) -> list[Any]:
+    frames = []
+    while True:
+        frame = await client.receive_type("presence", "message", "pong")
+        frames.append(frame)
+        if last(frame):
+            return frames
+
+
+async def test_a_channel_without_presence_sends_no_joins_or_leaves(live: Live) -> None:
+    ann = await live.account("ann@example.com")
+    bob = await live.account("bob@example.com")
+    async with live.ws(ann) as watcher:
+        assert (await watcher.subscribe("feed:main"))["presence"] is None
+        assert len((await watcher.subscribe("room:lobby"))["presence"]) == 1
+        async with live.ws(bob) as visitor:
+            assert (await visitor.subscribe("feed:main"))["presence"] is None
+            assert len((await visitor.subscribe("room:lobby"))["presence"]) == 2
+            assert await live.in_server(live.hub.backend.members("feed:main")) == []
+            with pytest.raises(PresenceDisabled):
+                await live.in_server(live.hub.presence("feed:main"))
+            await live.publish("feed:main", 1)
+            seen = await _frames_until(watcher, lambda frame: frame["type"] == "message")
+            assert [frame["channel"] for frame in seen] == ["room:lobby", "feed:main"]
+        # The room announces bob's leave; the feed does not (a pong closes the window).
+        seen = await _frames_until(watcher, lambda frame: frame.get("action") == "leave")
+        await watcher.send({"type": "ping"})
+        seen += await _frames_until(watcher, lambda frame: frame["type"] == "pong")
+        assert [frame.get("channel") for frame in seen] == ["room:lobby", None]
+
+
+async def test_presence_of_a_channel_no_policy_covers_is_refused(live: Live) -> None:
+    with pytest.raises(UnknownChannel):
+        await live.in_server(live.hub.presence("nowhere:1"))

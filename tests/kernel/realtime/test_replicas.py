@@ -65,3 +65,53 @@ async def test_a_client_resumes_on_another_replica_from_the_shared_history(
         assert (await reader.next_of("subscribed")).data["recovered"] is True
         missed: list[Any] = [(await reader.next_of("message")).data["data"] for _ in range(2)]
         assert missed == [2, 3]
+
+
+async def test_a_channel_without_presence_keeps_no_presence_in_redis(
+    live_factory: LiveFactory, shared_settings: Settings
+) -> None:
+    first, second = live_factory(shared_settings), live_factory(shared_settings)
+    ann = await first.account("ann@example.com")
+    bob = await first.account("bob@example.com")
+    async with first.ws(ann) as on_first, second.ws(bob) as on_second:
+        assert (await on_first.subscribe("feed:main"))["presence"] is None
+        assert (await on_second.subscribe("feed:main"))["presence"] is None
+        await on_first.subscribe("room:lobby")
+        await on_second.subscribe("room:lobby")
+        join = await on_first.receive_type("presence", "message")
+        assert (join["channel"], join["action"]) == ("room:lobby", "join")  # bob, on `room:`
+        await second.publish("feed:main", "hello")
+        message = await on_first.receive_type("presence", "message")
+        assert (message["type"], message["data"]) == ("message", "hello")  # no `feed:` join
+        assert await first.in_server(first.hub.backend.members("feed:main")) == []
+        assert len(await first.in_server(first.hub.presence("room:lobby"))) == 2
+
+
+async def test_a_stream_ended_by_token_expiry_resumes_on_another_replica(
+    live_factory: LiveFactory, settings_factory: Callable[..., Settings]
+) -> None:
+    realtime = RealtimeSettings(heartbeat_seconds=0.5, namespace=f"test-{new_id().hex[:12]}")
+    settings = settings_factory(
+        realtime_url=TEST_REDIS_URL, realtime=realtime, auth={"access_token_ttl_seconds": 2}
+    )
+    first, second = live_factory(settings), live_factory(settings)
+    ann = await first.account("ann@example.com")
+    channel = user_channel(ann)
+    async with first.http() as http, sse_request(http, ann, channel) as response:
+        reader = SseReader(response)
+        await reader.next_of("subscribed")
+        await second.publish(channel, 1)
+        seen = await reader.next_of("message")
+        final = await reader.next_of("reauth", "reconnect")
+        assert (final.event, final.data["reason"], final.id) == ("reauth", "token_expired", seen.id)
+    for n in (2, 3):
+        await first.publish(channel, n)
+    fresh = await second.refreshed(ann)
+    async with (
+        second.http() as http,
+        sse_request(http, fresh, channel, last_event_id=final.id) as response,
+    ):
+        reader = SseReader(response)
+        assert (await reader.next_of("subscribed")).data["recovered"] is True
+        missed: list[Any] = [(await reader.next_of("message")).data["data"] for _ in range(2)]
+        assert missed == [2, 3]

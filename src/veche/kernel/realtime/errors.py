@@ -6,7 +6,13 @@ as `error` frames with the same code.
 
 from __future__ import annotations
 
-from veche.kernel.errors import BadRequest, Forbidden, ProblemError, ServiceUnavailable
+from veche.kernel.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    ProblemError,
+    ServiceUnavailable,
+)
 
 
 class InvalidChannel(BadRequest):
@@ -38,6 +44,16 @@ class TooManyChannels(ProblemError):
 class InvalidResumeToken(BadRequest):
     code = "invalid_resume_token"
     title = "The resume token is not valid"
+
+
+class PresenceDisabled(Conflict):
+    code = "presence_disabled"
+    title = "This channel keeps no presence"
+
+
+class UserMismatch(Forbidden):
+    code = "user_mismatch"
+    title = "The token belongs to another user"
 
 
 class RealtimeStopping(ServiceUnavailable):

@@ -12,8 +12,9 @@ import contextlib
 import signal
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
@@ -23,7 +24,7 @@ from veche.kernel.db import new_id
 from veche.kernel.identity.models import User
 from veche.kernel.realtime import metrics
 from veche.kernel.realtime.backends import Backend
-from veche.kernel.realtime.errors import RealtimeStopping, TooManyChannels
+from veche.kernel.realtime.errors import PresenceDisabled, RealtimeStopping, TooManyChannels
 from veche.kernel.realtime.message import (
     EVENT_PATTERN,
     Member,
@@ -39,7 +40,26 @@ from veche.settings import RealtimeSettings, Settings
 log = structlog.get_logger("veche.realtime")
 
 # WebSocket close codes for the reasons a server ends a connection.
-CLOSE_CODES = {"shutdown": 1012, "slow_consumer": 1013, "goodbye": 1000}
+CLOSE_CODES = {
+    "shutdown": 1012,
+    "slow_consumer": 1013,
+    "goodbye": 1000,
+    "token_expired": 4001,
+    "session_revoked": 4001,
+}
+# Reasons that end a connection because its access token ran out or its session was
+# signed out: the client needs a fresh token before it reconnects.
+AUTH_REASONS = frozenset({"token_expired", "session_revoked"})
+# How long before a connection's access token expires its session is checked again and a
+# WebSocket client is told (`auth_expiring`) to send a fresh token.
+AUTH_EXPIRING_SECONDS = 30.0
+
+# Whether the session behind a connection's token still stands.
+StillValid = Callable[[], Awaitable[bool]]
+
+
+def _isoformat(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +86,13 @@ class Connection:
         self.transport = transport
         self.member = Member(self.id, str(user.id))
         self.channels: set[str] = set()
+        self.present: set[str] = set()  # channels where it is a presence entry
         self.positions: dict[str, Position] = {}
         self.close_reason: str | None = None
+        self.final_frame: dict[str, Any] | None = None
+        self.expires_at: float | None = None  # its access token's `exp`, Unix seconds
+        self._auth_timer: asyncio.TimerHandle | None = None
+        self._auth_generation = 0
         self._queue: asyncio.Queue[Outgoing | _Closed] = asyncio.Queue(queue_size)
         self._pending: dict[str, list[Message]] = {}
 
@@ -106,14 +131,26 @@ class Connection:
         self.positions[message.channel] = Position(message.epoch, message.offset)
         return self.send(message.frame())
 
-    def close(self, reason: str) -> None:
-        """End the connection: what is queued is dropped, the transport says why and stops."""
+    @property
+    def expires_at_text(self) -> str | None:
+        return None if self.expires_at is None else _isoformat(self.expires_at)
+
+    def close(self, reason: str, final: dict[str, Any] | None = None) -> None:
+        """End the connection: what is queued is dropped, the transport says why (with
+        `final` if given) and stops."""
         if self.closing:
             return
         self.close_reason = reason
+        self.final_frame = final
+        self._cancel_auth_timer()
         while not self._queue.empty():
             self._queue.get_nowait()
         self._queue.put_nowait(CLOSED)
+
+    def _cancel_auth_timer(self) -> None:
+        if self._auth_timer is not None:
+            self._auth_timer.cancel()
+            self._auth_timer = None
 
     async def next(self, wait: float) -> Outgoing | _Closed | None:
         """The next frame, `CLOSED` when the connection is ending, `None` after `wait` s."""
@@ -252,8 +289,12 @@ class Hub:
         return message
 
     async def presence(self, channel: str) -> list[Member]:
-        """Who is connected to `channel` right now, on every replica."""
+        """Who is connected to `channel` right now, on every replica. A channel whose
+        policy turns presence off raises `PresenceDisabled`; one no policy covers,
+        `UnknownChannel`."""
         channel_prefix(channel)
+        if not self.policies.presence_enabled(channel):
+            raise PresenceDisabled(f"The policy of {channel!r} keeps no presence")
         return await self.backend.members(channel)
 
     # -- connections -----------------------------------------------------------------
@@ -273,6 +314,7 @@ class Hub:
         if connection not in self._connections:
             return
         self._connections.discard(connection)
+        connection._cancel_auth_timer()
         metrics.CONNECTIONS.labels(connection.transport).dec()
         for channel in list(connection.channels):
             self._forget(connection, channel)
@@ -289,7 +331,9 @@ class Hub:
             subscribers.discard(connection)
             if not subscribers:
                 del self._subscribers[channel]
-        self._spawn(self._leave(channel, connection.member))
+        if channel in connection.present:
+            connection.present.discard(channel)
+            self._spawn(self._leave(channel, connection.member))
 
     async def _leave(self, channel: str, member: Member) -> None:
         try:
@@ -314,14 +358,18 @@ class Hub:
         if channel in connection.channels:
             await self.unsubscribe(connection, channel)
         await self.authorize(connection, [channel])
+        with_presence = self.policies.presence_enabled(channel)
         connection._pending[channel] = []
         connection.channels.add(channel)
         metrics.SUBSCRIPTIONS.inc()
         self._subscribers.setdefault(channel, set()).add(connection)
+        members: list[Member] | None = None
         try:
             recovery = await self.backend.read(channel, since)
-            await self.backend.join(channel, connection.member)
-            members = await self.backend.members(channel)
+            if with_presence:
+                connection.present.add(channel)
+                await self.backend.join(channel, connection.member)
+                members = await self.backend.members(channel)
         except BaseException:
             connection._pending.pop(channel, None)
             self._forget(connection, channel)
@@ -338,7 +386,8 @@ class Hub:
                 "epoch": recovery.epoch,
                 "offset": recovery.offset,
                 "recovered": recovery.recovered,
-                "presence": [member.frame() for member in members],
+                # One frame with the whole list; `null` where the policy turns presence off.
+                "presence": None if members is None else [member.frame() for member in members],
             }
         )
         for message in [*recovery.messages, *pending]:
@@ -351,8 +400,53 @@ class Hub:
             connection.positions.pop(channel, None)
 
     async def refresh_presence(self, connection: Connection) -> None:
-        for channel in list(connection.channels):
+        for channel in list(connection.present):
             await self.backend.refresh(channel, connection.member)
+
+    # -- access-token expiry -----------------------------------------------------------
+
+    def track_expiry(
+        self, connection: Connection, expires_at: float, still_valid: StillValid, *, warn: bool
+    ) -> None:
+        """Arm the connection's one auth timer for a token expiring at `expires_at` (Unix
+        seconds): `AUTH_EXPIRING_SECONDS` before it, the session is checked again (a
+        signed-out session closes the connection as `session_revoked`) and, with `warn`,
+        the client gets `auth_expiring`; at `expires_at` the connection closes as
+        `token_expired`. A fresh token (WebSocket re-auth) re-arms it."""
+        connection._cancel_auth_timer()
+        connection.expires_at = expires_at
+        connection._auth_generation += 1
+        generation = connection._auth_generation
+        delay = max(expires_at - time.time() - AUTH_EXPIRING_SECONDS, 0.0)
+        connection._auth_timer = asyncio.get_running_loop().call_later(
+            delay, self._auth_expiring, connection, generation, still_valid, warn
+        )
+
+    def _auth_expiring(
+        self, connection: Connection, generation: int, still_valid: StillValid, warn: bool
+    ) -> None:
+        expires_at = connection.expires_at
+        if connection.closing or expires_at is None:
+            return
+        connection._auth_timer = asyncio.get_running_loop().call_later(
+            max(expires_at - time.time(), 0.0), connection.close, "token_expired"
+        )
+        self._spawn(self._recheck(connection, generation, still_valid, warn))
+
+    async def _recheck(
+        self, connection: Connection, generation: int, still_valid: StillValid, warn: bool
+    ) -> None:
+        try:
+            valid = await still_valid()
+        except Exception as exc:  # the token still expires on time; no mass disconnect
+            log.warning("realtime_session_check_failed", error=str(exc))
+            valid = True
+        if connection.closing or connection._auth_generation != generation:
+            return  # gone, or re-authenticated meanwhile
+        if not valid:
+            connection.close("session_revoked")
+        elif warn:
+            connection.send({"type": "auth_expiring", "expires_at": connection.expires_at_text})
 
     def resume_token(self, positions: tuple[tuple[str, Position], ...]) -> str:
         return self.tokens.encode(dict(positions))

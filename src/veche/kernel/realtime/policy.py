@@ -25,10 +25,15 @@ ChannelCheck = Callable[[User, str], bool | Awaitable[bool]]
 class ChannelPolicy:
     """Decides, for an authenticated user and a full channel name, whether the user may
     subscribe and whether a client of theirs may publish. Checks may be async; without a
-    `publish` check only the server (`hub.publish`) publishes on the channel."""
+    `publish` check only the server (`hub.publish`) publishes on the channel.
+
+    `presence=False` suits channels with many readers that do not need to see each other
+    (a broadcast feed): no presence entries, no join/leave frames, and `hub.presence`
+    refuses the channel with `presence_disabled`."""
 
     subscribe: ChannelCheck
     publish: ChannelCheck | None = None
+    presence: bool = True
 
 
 async def _allowed(check: ChannelCheck, user: User, channel: str) -> bool:
@@ -78,6 +83,9 @@ class PolicyRegistry:
         if entry is None:
             raise UnknownChannel(f"No policy covers channels starting with {prefix!r}")
         return entry[1]
+
+    def presence_enabled(self, channel: str) -> bool:
+        return self._policy(channel).presence
 
     async def authorize_subscribe(self, user: User, channel: str) -> None:
         if not await _allowed(self._policy(channel).subscribe, user, channel):

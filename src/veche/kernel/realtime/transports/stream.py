@@ -3,7 +3,8 @@
 Both authenticate with `Authorization: Bearer`, refuse a channel the user may not read
 before the stream starts (problem+json), resume from a token that carries the stream's
 position in every channel, send heartbeats, and end with a `reconnect` frame when the
-server stops or the client falls too far behind.
+server stops or the client falls too far behind, or with a `reauth` frame when the access
+token that opened the stream expires or its session is signed out.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ from typing import Annotated
 import orjson
 from fastapi import Depends, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import StringConstraints
 
 from veche.kernel.errors import problem_openapi
 from veche.kernel.http import api_router
-from veche.kernel.identity.deps import CurrentUser
+from veche.kernel.identity.deps import CurrentUser, bearer_scheme
 from veche.kernel.identity.models import User
 from veche.kernel.ratelimit import rate_limit
-from veche.kernel.realtime.hub import CLOSED, Connection, Hub, Outgoing
+from veche.kernel.realtime.hub import AUTH_REASONS, CLOSED, Connection, Hub, Outgoing
 from veche.kernel.realtime.message import Position
+from veche.kernel.realtime.transports.auth import session_check, token_expiry
 from veche.kernel.runtime import Kernel
 
 router = api_router("/api/v1/realtime", tags=["realtime"])
@@ -42,20 +45,33 @@ Channels = Annotated[
 _RESPONSES = problem_openapi(400, 401, 403, 422, 429, 503)
 # Opening a stream costs a policy check and a history read: limited like other requests.
 _LIMIT = [Depends(rate_limit("default"))]
+# The bearer token `CurrentUser` authenticated (FastAPI resolves the scheme once).
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def _hub(request: Request) -> Hub:
+def _kernel(request: Request) -> Kernel:
     kernel: Kernel = request.app.state.kernel
-    return kernel.realtime
+    return kernel
 
 
 async def _open(
-    hub: Hub, user: User, transport: str, channels: list[str], token: str | None
+    kernel: Kernel,
+    user: User,
+    bearer: HTTPAuthorizationCredentials | None,
+    transport: str,
+    channels: list[str],
+    resume_token: str | None,
 ) -> Connection:
-    positions: dict[str, Position] = hub.tokens.decode(token) if token else {}
+    hub = kernel.realtime
+    positions: dict[str, Position] = hub.tokens.decode(resume_token) if resume_token else {}
     unique = list(dict.fromkeys(channels))
+    assert bearer is not None  # `CurrentUser` refused the request otherwise
+    expires_at = token_expiry(kernel, bearer.credentials)
     connection = hub.open(user, transport)
     try:
+        hub.track_expiry(
+            connection, expires_at, session_check(kernel, bearer.credentials), warn=False
+        )
         await hub.authorize(connection, unique)
         for channel in unique:
             await hub.subscribe(connection, channel, positions.get(channel))
@@ -67,11 +83,12 @@ async def _open(
 
 def _advice(hub: Hub, connection: Connection, last: Outgoing | None) -> dict[str, object]:
     reason = connection.close_reason or "shutdown"
-    frame: dict[str, object] = {
-        "type": "reconnect",
-        "reason": reason,
-        "retry_ms": hub.settings.sse_retry_ms,
-    }
+    frame: dict[str, object]
+    if reason in AUTH_REASONS:
+        # Reconnect with a fresh access token (and this resume token): nothing is lost.
+        frame = {"type": "reauth", "reason": reason}
+    else:
+        frame = {"type": "reconnect", "reason": reason, "retry_ms": hub.settings.sse_retry_ms}
     if last is not None:
         frame["resume_token"] = hub.resume_token(last.positions)
     return frame
@@ -110,15 +127,18 @@ async def _frames(
 async def sse(
     request: Request,
     user: CurrentUser,
+    bearer: Bearer,
     channels: Channels,
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="The last `id:` seen")
     ] = None,
 ) -> StreamingResponse:
     """Server-sent events: each event's `id:` is the resume token; reconnecting with it in
-    `Last-Event-ID` delivers exactly the missed messages."""
-    hub = _hub(request)
-    connection = await _open(hub, user, "sse", channels, last_event_id or None)
+    `Last-Event-ID` delivers exactly the missed messages. The stream ends with a `reauth`
+    event when the access token expires or its session is signed out."""
+    kernel = _kernel(request)
+    hub = kernel.realtime
+    connection = await _open(kernel, user, bearer, "sse", channels, last_event_id or None)
 
     def render(item: Outgoing | None) -> bytes:
         if item is None:
@@ -129,7 +149,8 @@ async def sse(
 
     def render_end(advice: dict[str, object], last: Outgoing | None) -> bytes:
         head = f"id: {advice['resume_token']}\n" if last is not None else ""
-        return f"{head}event: reconnect\ndata: ".encode() + orjson.dumps(advice) + b"\n\n"
+        kind = advice["type"]
+        return f"{head}event: {kind}\ndata: ".encode() + orjson.dumps(advice) + b"\n\n"
 
     async def body() -> AsyncIterator[bytes]:
         yield f"retry: {hub.settings.sse_retry_ms}\n\n".encode()
@@ -152,6 +173,7 @@ async def sse(
 async def ndjson(
     request: Request,
     user: CurrentUser,
+    bearer: Bearer,
     channels: Channels,
     last_event_id: Annotated[
         str | None,
@@ -159,8 +181,9 @@ async def ndjson(
     ] = None,
 ) -> StreamingResponse:
     """Newline-delimited JSON: one frame per line, each carrying `resume_token`."""
-    hub = _hub(request)
-    connection = await _open(hub, user, "ndjson", channels, last_event_id or None)
+    kernel = _kernel(request)
+    hub = kernel.realtime
+    connection = await _open(kernel, user, bearer, "ndjson", channels, last_event_id or None)
 
     def render(item: Outgoing | None) -> bytes:
         if item is None:

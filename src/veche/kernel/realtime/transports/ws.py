@@ -3,7 +3,8 @@
 The client authenticates with its first frame, `{"type": "auth", "token": "<access
 token>"}`, so the token never appears in a URL or an access log. Then it may send
 `subscribe` (with `epoch` and `offset` to recover from), `unsubscribe`, `publish` where the
-channel's policy allows, and `ping`. Every reply echoes the request's `ref`.
+channel's policy allows, `ping`, and `auth` again with a fresh token of the same user to
+keep the connection past its first token's expiry. Every reply echoes the request's `ref`.
 """
 
 from __future__ import annotations
@@ -17,16 +18,25 @@ import structlog
 from fastapi import WebSocket, WebSocketDisconnect
 
 from veche.kernel.errors import ProblemError
-from veche.kernel.identity.models import User
-from veche.kernel.identity.service import authenticate
-from veche.kernel.realtime.hub import CLOSE_CODES, CLOSED, Connection, Hub, Outgoing
+from veche.kernel.realtime.errors import UserMismatch
+from veche.kernel.realtime.hub import (
+    AUTH_REASONS,
+    CLOSE_CODES,
+    CLOSED,
+    Connection,
+    Hub,
+    Outgoing,
+)
 from veche.kernel.realtime.message import EVENT_PATTERN, Position
+from veche.kernel.realtime.transports.auth import Credential, credential, session_check
 from veche.kernel.realtime.transports.stream import router
 from veche.kernel.runtime import Kernel
 
 log = structlog.get_logger("veche.realtime")
 POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
+# The close reason (read by people, not programs) when the token ran out.
+AUTH_CLOSE_REASONS = {"token_expired": "token expired", "session_revoked": "session revoked"}
 
 
 class FrameError(Exception):
@@ -72,7 +82,14 @@ async def _receive(websocket: WebSocket, limit: int) -> dict[str, Any] | None:
     return _parse(text, limit)
 
 
-async def _authenticate(websocket: WebSocket, kernel: Kernel) -> User | None:
+def _token(frame: dict[str, Any]) -> str | None:
+    token = frame.get("token")
+    if frame["type"] != "auth" or not isinstance(token, str) or not token:
+        return None
+    return token
+
+
+async def _authenticate(websocket: WebSocket, kernel: Kernel) -> tuple[Credential, str] | None:
     hub = kernel.realtime
     try:
         frame = await asyncio.wait_for(
@@ -89,19 +106,47 @@ async def _authenticate(websocket: WebSocket, kernel: Kernel) -> User | None:
         return None
     if frame is None:
         return None
-    token = frame.get("token")
-    if frame["type"] != "auth" or not isinstance(token, str) or not token:
+    token = _token(frame)
+    if token is None:
         detail = 'The first frame must be {"type": "auth", "token": "<access token>"}'
         await _send(websocket, _error("unauthorized", detail))
         await websocket.close(POLICY_VIOLATION, "unauthorized")
         return None
     try:
-        authenticated = await authenticate(kernel, token)
+        return await credential(kernel, token), token
     except ProblemError as exc:
         await _send(websocket, _error(exc.code, exc.detail or exc.title))
         await websocket.close(POLICY_VIOLATION, exc.code)
         return None
-    return authenticated.user
+
+
+async def _reauthenticate(
+    kernel: Kernel, connection: Connection, frame: dict[str, Any], ref: Any
+) -> None:
+    """A fresh token of the same user extends the connection; any other is refused and
+    the connection closed, so a signed-out session cannot keep it alive."""
+    hub = kernel.realtime
+    token = _token(frame)
+    try:
+        if token is None:
+            raise FrameError("unauthorized", 'Send {"type": "auth", "token": "<access token>"}')
+        fresh = await credential(kernel, token)
+        if fresh.user.id != connection.user.id:
+            raise UserMismatch("The token belongs to another user; open a new connection")
+    except FrameError as exc:
+        connection.close(exc.code, final=_error(exc.code, exc.detail, ref))
+        return
+    except ProblemError as exc:
+        connection.close(exc.code, final=_error(exc.code, exc.detail or exc.title, ref))
+        return
+    if connection.closing:
+        return
+    connection.user = fresh.user
+    hub.track_expiry(connection, fresh.expires_at, session_check(kernel, token), warn=True)
+    reply: dict[str, Any] = {"type": "authenticated", "expires_at": connection.expires_at_text}
+    if ref is not None:
+        reply["ref"] = ref
+    connection.send(reply)
 
 
 def _since(frame: dict[str, Any]) -> Position | None:
@@ -113,11 +158,15 @@ def _since(frame: dict[str, Any]) -> Position | None:
     return Position(epoch, offset)
 
 
-async def _handle(hub: Hub, connection: Connection, frame: dict[str, Any]) -> None:
+async def _handle(kernel: Kernel, connection: Connection, frame: dict[str, Any]) -> None:
+    hub = kernel.realtime
     kind, ref = frame["type"], frame.get("ref")
     channel = frame.get("channel")
     if kind == "ping":
         connection.send({"type": "pong", "ref": ref} if ref is not None else {"type": "pong"})
+        return
+    if kind == "auth":
+        await _reauthenticate(kernel, connection, frame, ref)
         return
     if kind not in ("subscribe", "unsubscribe", "publish"):
         raise FrameError("invalid_frame", f"Unknown frame type {str(kind)[:40]!r}")
@@ -142,8 +191,8 @@ async def _handle(hub: Hub, connection: Connection, frame: dict[str, Any]) -> No
         connection.send(_error(exc.code, exc.detail or exc.title, ref, channel=channel))
 
 
-async def _read(websocket: WebSocket, hub: Hub, connection: Connection) -> None:
-    limit = hub.settings.max_frame_bytes
+async def _read(websocket: WebSocket, kernel: Kernel, connection: Connection) -> None:
+    limit = kernel.realtime.settings.max_frame_bytes
     while not connection.closing:
         try:
             frame = await _receive(websocket, limit)
@@ -156,7 +205,7 @@ async def _read(websocket: WebSocket, hub: Hub, connection: Connection) -> None:
         if frame is None:
             return
         try:
-            await _handle(hub, connection, frame)
+            await _handle(kernel, connection, frame)
         except FrameError as exc:
             connection.send(_error(exc.code, exc.detail, frame.get("ref")))
 
@@ -168,17 +217,22 @@ async def _write(websocket: WebSocket, hub: Hub, connection: Connection) -> None
             reason = connection.close_reason or "shutdown"
             code = CLOSE_CODES.get(reason, POLICY_VIOLATION)
             final: dict[str, Any] | None = {"type": "reconnect", "reason": reason}
-            if reason == "frame_too_large":
+            text = reason
+            if connection.final_frame is not None:
+                final = connection.final_frame
+            elif reason == "frame_too_large":
                 code = MESSAGE_TOO_BIG
                 limit = hub.settings.max_frame_bytes
                 final = _error(reason, f"Frames may be at most {limit} bytes")
+            elif reason in AUTH_REASONS:
+                final, text = {"type": "reauth", "reason": reason}, AUTH_CLOSE_REASONS[reason]
             elif reason == "goodbye":
                 final = None
             if final is not None:
                 with contextlib.suppress(Exception):
                     await _send(websocket, final)
             with contextlib.suppress(Exception):
-                await websocket.close(code, reason)
+                await websocket.close(code, text)
             return
         if item is None:
             await hub.refresh_presence(connection)
@@ -193,21 +247,26 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     kernel: Kernel = websocket.app.state.kernel
     hub = kernel.realtime
     await websocket.accept()
-    user = await _authenticate(websocket, kernel)
-    if user is None:
+    authenticated = await _authenticate(websocket, kernel)
+    if authenticated is None:
         return
+    first, token = authenticated
     try:
-        connection = hub.open(user, "ws")
+        connection = hub.open(first.user, "ws")
     except ProblemError as exc:
         await _send(websocket, _error(exc.code, exc.detail or exc.title))
         await websocket.close(CLOSE_CODES["shutdown"], exc.code)
         return
     try:
-        await _send(
-            websocket,
-            {"type": "welcome", "connection_id": connection.id, "user_id": str(user.id)},
-        )
-        reader = asyncio.create_task(_read(websocket, hub, connection))
+        hub.track_expiry(connection, first.expires_at, session_check(kernel, token), warn=True)
+        welcome = {
+            "type": "welcome",
+            "connection_id": connection.id,
+            "user_id": str(first.user.id),
+            "expires_at": connection.expires_at_text,
+        }
+        await _send(websocket, welcome)
+        reader = asyncio.create_task(_read(websocket, kernel, connection))
         writer = asyncio.create_task(_write(websocket, hub, connection))
         done, _pending = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
         if reader in done and not connection.closing:
