@@ -248,6 +248,12 @@ class RequestMiddleware:
                     return
             elif message["type"] == "http.response.body" and state["replace"]:
                 return
+            elif message["type"] == "websocket.accept":
+                state["status"] = 101  # switched protocols: the access log's status
+            elif message["type"] == "websocket.close" and not state["started"]:
+                state["status"] = 403  # refused before the handshake completed
+            if message["type"] in ("websocket.accept", "websocket.close"):
+                state["started"] = True
             await send(message)
 
         metrics.IN_FLIGHT.inc()

@@ -118,3 +118,21 @@ async def test_unsubscribe_stops_delivery_and_too_many_channels_is_refused(
         await live.publish("room:a", "not for you")
         await live.publish("room:b", "for you")
         assert (await client.receive_type("message"))["data"] == "for you"
+
+
+async def test_websocket_sessions_are_counted_as_switched_protocols_not_errors(
+    live: Live,
+) -> None:
+    ann = await live.account("ann@example.com")
+    async with live.ws(ann) as client:
+        await client.send({"type": "ping", "ref": 1})
+        await client.receive_type("pong")
+    async with live.http() as http:
+        text = (await http.get("/metrics")).text
+    ws_lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith("veche_http_requests_total") and "/api/v1/realtime/ws" in line
+    ]
+    assert any('status="101"' in line for line in ws_lines), ws_lines
+    assert not any('status="500"' in line for line in ws_lines), ws_lines
