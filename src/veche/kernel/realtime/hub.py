@@ -53,6 +53,8 @@ AUTH_REASONS = frozenset({"token_expired", "session_revoked"})
 # How long before a connection's access token expires its session is checked again and a
 # WebSocket client is told (`auth_expiring`) to send a fresh token.
 AUTH_EXPIRING_SECONDS = 30.0
+# Resume tokens kept signed; one entry per (channels, positions) recently delivered.
+_TOKEN_CACHE_SIZE = 4096
 
 # Whether the session behind a connection's token still stands.
 StillValid = Callable[[], Awaitable[bool]]
@@ -115,8 +117,10 @@ class Connection:
             return False
         return True
 
-    def offer(self, message: Message) -> bool:
-        """Queue a channel message unless the client already has it."""
+    def offer(self, message: Message, frame: dict[str, Any] | None = None) -> bool:
+        """Queue a channel message unless the client already has it. `frame` is the
+        message's frame when the caller built it once for all its subscribers (never
+        changed by a transport)."""
         pending = self._pending.get(message.channel)
         if pending is not None:
             pending.append(message)
@@ -129,7 +133,7 @@ class Connection:
         ):
             return False
         self.positions[message.channel] = Position(message.epoch, message.offset)
-        return self.send(message.frame())
+        return self.send(frame if frame is not None else message.frame())
 
     @property
     def expires_at_text(self) -> str | None:
@@ -155,7 +159,12 @@ class Connection:
     async def next(self, wait: float) -> Outgoing | _Closed | None:
         """The next frame, `CLOSED` when the connection is ending, `None` after `wait` s."""
         try:
-            return await asyncio.wait_for(self._queue.get(), wait)
+            return self._queue.get_nowait()  # no timer when a frame is already waiting
+        except asyncio.QueueEmpty:
+            pass
+        try:
+            async with asyncio.timeout(wait):
+                return await self._queue.get()
         except TimeoutError:
             return None
 
@@ -177,6 +186,7 @@ class Hub:
         self._stopping = False
         self._drained = asyncio.Event()
         self._previous_handlers: dict[int, Any] = {}
+        self._token_cache: dict[tuple[tuple[str, Position], ...], str] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, key: bytes) -> Hub:
@@ -449,7 +459,14 @@ class Hub:
             connection.send({"type": "auth_expiring", "expires_at": connection.expires_at_text})
 
     def resume_token(self, positions: tuple[tuple[str, Position], ...]) -> str:
-        return self.tokens.encode(dict(positions))
+        # Every subscriber of a one-channel stream gets the same token for a message: it
+        # is signed once, not once per connection.
+        token = self._token_cache.get(positions)
+        if token is None:
+            if len(self._token_cache) >= _TOKEN_CACHE_SIZE:
+                self._token_cache.clear()
+            token = self._token_cache[positions] = self.tokens.encode(dict(positions))
+        return token
 
     # -- delivery --------------------------------------------------------------------
 
@@ -463,13 +480,17 @@ class Hub:
                 connection.send(frame)
             return
         metrics.DELIVERY_LATENCY.observe(max(time.time() - item.published_at, 0.0))
+        frame = item.frame()  # one frame for every subscriber
+        delivered: dict[str, int] = {}
         for connection in list(subscribers):
-            if connection.offer(item):
-                metrics.DELIVERED.labels(connection.transport).inc()
+            if connection.offer(item, frame):
+                delivered[connection.transport] = delivered.get(connection.transport, 0) + 1
             elif connection.closing:
                 # Closed (e.g. too slow) but its transport has not ended yet: stop feeding it.
                 metrics.DROPPED.labels(connection.transport, connection.close_reason or "").inc()
                 subscribers.discard(connection)
+        for transport, count in delivered.items():
+            metrics.DELIVERED.labels(transport).inc(count)
 
     @property
     def connection_count(self) -> int:
