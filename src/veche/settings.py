@@ -79,6 +79,14 @@ class EventsSettings(BaseModel):
     # Names the JetStream streams (`<PREFIX>_<APP>`), subjects and durable consumers.
     stream_prefix: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")] = "veche"
     ack_wait_seconds: PositiveFloat = 30.0
+    # Retention (docs/events.md#retention): the kernel's prune job deletes, every
+    # `prune_interval_seconds` and `prune_batch_size` rows per transaction, published
+    # outbox rows and processed-event rows older than these. At least an hour, so a
+    # processed row always outlives the redeliveries of its event.
+    outbox_retention_hours: Annotated[float, Field(ge=1)] = 168.0
+    processed_retention_hours: Annotated[float, Field(ge=1)] = 168.0
+    prune_interval_seconds: Annotated[float, Field(ge=1)] = 3600.0
+    prune_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
 
 
 class RealtimeSettings(BaseModel):

@@ -6,8 +6,8 @@ modules in, and tests pass their own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
@@ -50,16 +50,26 @@ def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, 
     return checks
 
 
-def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
-    """A Veche application serving the kernel's API and every given app module."""
-    configure_logging(settings.log_level, settings.log_format)
-    for module in modules:
-        module.validate()
-    kernel = Kernel.from_settings(settings)
-    for module in modules:
-        owner = f"app {module.name!r}"
-        kernel.realtime.policies.register_all(module.channel_policies, owner=owner)
-    kernel.events.install(modules)
+def _allow_origins(app: FastAPI, origins: list[str]) -> None:
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=[
+            "X-Request-ID",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "Retry-After",
+        ],
+    )
+
+
+def _lifespan(
+    kernel: Kernel, modules: Sequence[AppModule]
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    settings = kernel.settings
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,6 +85,8 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
         if settings.role in ("worker", "all"):
             scheduler.start()
             await kernel.events.start(kernel)
+        else:
+            await kernel.events.start(kernel, consume=False)  # the relay only
         log.info("started", apps=[module.name for module in modules], role=settings.role)
         try:
             yield
@@ -90,6 +102,22 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
             if app.state.tracer_provider is not None:
                 app.state.tracer_provider.shutdown()
 
+    return lifespan
+
+
+def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
+    """A Veche application serving the kernel's API and every given app module."""
+    configure_logging(settings.log_level, settings.log_format)
+    for module in modules:
+        module.validate()
+    kernel = Kernel.from_settings(settings)
+    for module in modules:
+        owner = f"app {module.name!r}"
+        kernel.realtime.policies.register_all(module.channel_policies, owner=owner)
+    kernel.events.install(modules)
+
+    lifespan = _lifespan(kernel, modules)
+
     app = FastAPI(
         title="Veche",
         version=VERSION,
@@ -104,19 +132,7 @@ def build_app(settings: Settings, modules: Sequence[AppModule] = ()) -> FastAPI:
     app.state.readiness_checks = readiness_checks(kernel, modules)
     install_error_handlers(app)
     if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["*"],
-            allow_headers=["*"],
-            expose_headers=[
-                "X-Request-ID",
-                "X-RateLimit-Limit",
-                "X-RateLimit-Remaining",
-                "X-RateLimit-Reset",
-                "Retry-After",
-            ],
-        )
+        _allow_origins(app, settings.cors_origins)
     # Inside the request middleware, not FastAPI's `max_body_size` (which wraps every user
     # middleware): its 413 for a declared oversized body would otherwise leave as plain
     # text without a request id, and be logged as an unhandled exception.

@@ -18,6 +18,8 @@ from veche.kernel.events.consumers import Consumer
 from veche.kernel.events.envelope import EventError
 from veche.kernel.events.models import OutboxEvent
 from veche.kernel.events.outbox import REGISTRY_KEY, EventRegistry
+from veche.kernel.events.retention import prune_job
+from veche.kernel.jobs import ScheduledJob, Scheduler
 from veche.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ class EventBus:
         self._wakeup = asyncio.Event()
         self._relay: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._scheduler: Scheduler | None = None
         db.sessions.configure(info={REGISTRY_KEY: self.registry})
 
     def install(self, modules: Sequence[AppModule]) -> None:
@@ -68,15 +71,27 @@ class EventBus:
         return not isinstance(self.backend, SqlBackend)
 
     @property
+    def jobs(self) -> list[ScheduledJob]:
+        """The kernel's own scheduled jobs for events, run beside the relay."""
+        return [prune_job(self.settings.events)]
+
+    @property
     def running(self) -> bool:
         return self._relay is not None
 
-    async def start(self, kernel: Kernel) -> None:
-        """Run the relay and every consumer in the background. A process whose apps
-        declare no events and no consumers has nothing to relay and starts nothing."""
+    async def start(self, kernel: Kernel, *, consume: bool = True) -> None:
+        """Run the relay in the background and, with `consume` (roles `worker` and `all`),
+        every consumer and the retention job. An API process runs the relay too, so its
+        commits are published at once instead of at a worker's next poll. A process
+        whose apps declare no events and no consumers has nothing to relay and starts
+        nothing."""
         if self._relay is not None or not (self.registry.types or self.consumers):
             return
         self._relay = asyncio.create_task(self._relay_loop(), name="events:relay")
+        if not consume:
+            return
+        self._scheduler = Scheduler(kernel, self.jobs)
+        self._scheduler.start()
         for declared in self.consumers.values():
             self._tasks.append(
                 asyncio.create_task(
@@ -85,7 +100,11 @@ class EventBus:
             )
 
     async def stop(self) -> None:
-        """Stop consuming, publish what is still in the outbox, close the backend."""
+        """Stop consuming and pruning, publish what is still in the outbox, close the
+        backend."""
+        if self._scheduler is not None:
+            await self._scheduler.stop()
+            self._scheduler = None
         tasks = [*self._tasks, *([self._relay] if self._relay is not None else [])]
         for task in tasks:
             task.cancel()
@@ -113,7 +132,14 @@ class EventBus:
                 await asyncio.wait_for(self._wakeup.wait(), timeout=interval)
 
     async def relay_once(self) -> int:
-        """Publish one batch of committed, unsent outbox rows; how many were sent."""
+        """Publish one batch of committed, unsent outbox rows; how many were sent.
+
+        The batch is claimed first with a conditional UPDATE (`published_at` still unset),
+        inside the transaction that publishes it: on PostgreSQL the rows are already
+        locked (`SKIP LOCKED`), on SQLite the UPDATE takes the write lock, so a second
+        relay (another process, or this one's own loop) that read the same rows claims
+        fewer than it read, rolls back and tries again, instead of publishing them twice.
+        """
         try:
             async with self.db.unit_of_work() as session:
                 rows = (
@@ -127,20 +153,28 @@ class EventBus:
                 ).all()
                 if not rows:
                     return 0
-                await self.backend.publish(session, rows)
-                types = [row.type for row in rows]
-                await session.flush()  # the SQL log's positions, if it gave any
-                await session.execute(
+                claimed = await session.execute(
                     update(OutboxEvent)
-                    .where(OutboxEvent.id.in_([row.id for row in rows]))
+                    .where(
+                        OutboxEvent.id.in_([row.id for row in rows]),
+                        OutboxEvent.published_at.is_(None),
+                    )
                     .values(published_at=utcnow())
                     .execution_options(synchronize_session=False)
                 )
-        except IntegrityError:
-            # Another relay took the same log positions first; this batch goes next time.
+                if claimed.rowcount != len(rows):  # type: ignore[attr-defined]
+                    raise _Taken
+                await self.backend.publish(session, rows)
+                types = [row.type for row in rows]
+        except (IntegrityError, _Taken):
+            # Another relay took (some of) these rows or the log positions first.
             self._wakeup.set()
             return 0
         for event_type in types:
             metrics.PUBLISHED.labels(event_type).inc()
         self.backend.published()
         return len(types)
+
+
+class _Taken(Exception):
+    """Another relay claimed rows of this batch first."""

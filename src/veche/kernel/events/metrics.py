@@ -21,6 +21,11 @@ DEAD_LETTERED = Counter(
     "Events moved to the dead-letter table, by consumer and type",
     ["consumer", "type"],
 )
+PRUNED = Counter(
+    "veche_events_pruned_total",
+    "Rows the retention job deleted, by table (event_outbox, event_processed)",
+    ["table"],
+)
 LAG = Gauge(
     "veche_events_consumer_lag",
     "Published events a consumer has not handled yet",

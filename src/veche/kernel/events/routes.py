@@ -100,8 +100,10 @@ async def list_consumers(kernel: KernelDep, _: Reader) -> list[ConsumerRead]:
 @router.post(
     "/consumers/{name}/replay",
     response_model=RewindRead,
-    responses=problem_openapi(401, 403, 404, 415),
+    responses=problem_openapi(401, 403, 404, 409, 415),
     summary="Deliver a consumer's events again from a time on",
+    description="Answers 409 `events.pruned`, with `retained_since`, when events from "
+    "`since` on may have been pruned by retention.",
 )
 async def rewind_consumer(
     name: ConsumerName, body: ConsumerRewind, kernel: KernelDep, _: Manager

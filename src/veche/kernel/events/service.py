@@ -9,7 +9,7 @@ from uuid import UUID
 
 from sqlalchemy import func, select
 
-from veche.kernel.errors import NotFound
+from veche.kernel.errors import Conflict, NotFound
 from veche.kernel.events import metrics
 from veche.kernel.events.consumers import Consumer, Failure, handle_once
 from veche.kernel.events.envelope import Event
@@ -29,6 +29,11 @@ class ConsumerNotFound(NotFound):
 class DeadLetterNotFound(NotFound):
     code = "events.dead_letter_not_found"
     title = "No such dead letter"
+
+
+class EventsPruned(Conflict):
+    code = "events.pruned"
+    title = "Those events are no longer kept"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,15 @@ async def replay_dead_letters(
 
 
 async def rewind_consumer(kernel: Kernel, name: str, since: dt.datetime) -> None:
-    """Deliver a consumer's events again from `since` on (its earlier work is kept)."""
+    """Deliver a consumer's events again from `since` on (its earlier work is kept).
+    Raises `EventsPruned` when events from `since` on may have been pruned: a rewind
+    never silently replays less than was asked."""
     declared = find_consumer(kernel, name)
+    retained = await kernel.events.backend.retained_since(kernel, declared)
+    if retained is not None and since < retained:
+        raise EventsPruned(
+            f"Consumer {name!r} can be replayed from {retained.isoformat()} on: "
+            "older events have been pruned",
+            extra={"retained_since": retained.isoformat()},
+        )
     await kernel.events.backend.rewind(kernel, declared, since)

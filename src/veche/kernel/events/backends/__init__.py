@@ -35,6 +35,10 @@ class Backend(Protocol):
     async def rewind(self, kernel: Kernel, consumer: Consumer, since: dt.datetime) -> None:
         """Deliver the consumer's events again from `since` on."""
 
+    async def retained_since(self, kernel: Kernel, consumer: Consumer) -> dt.datetime | None:
+        """The earliest time a rewind of the consumer can start from without missing
+        pruned events; None when nothing it reads has been pruned."""
+
     async def ping(self) -> None:
         """Raise unless the backend answers (readiness, `veche check`)."""
 

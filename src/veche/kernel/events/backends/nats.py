@@ -283,6 +283,11 @@ class NatsBackend:
                 await js.delete_consumer(stream, self.durable_name(consumer))
             await self._ensure_consumer(kernel, consumer, stream, subjects, since=since)
 
+    async def retained_since(self, kernel: Kernel, consumer: Consumer) -> dt.datetime | None:
+        # The streams hold the events and the outbox prune never touches them; limits an
+        # operator gives a stream (max age, max messages) are the operator's to mind.
+        return None
+
     async def close(self) -> None:
         if self._client is not None and not self._client.is_closed:
             await self._client.drain()

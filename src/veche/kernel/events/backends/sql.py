@@ -22,6 +22,7 @@ from veche.kernel.events import metrics
 from veche.kernel.events.consumers import Consumer, deliver, handle_batch
 from veche.kernel.events.models import ConsumerOffset, OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
+from veche.kernel.events.retention import outbox_cutoff
 from veche.kernel.events.uuids import uuid7_floor
 from veche.kernel.jobs import acquire_lease
 
@@ -122,6 +123,26 @@ class SqlBackend:
                 )
             )
         self.published()
+
+    async def retained_since(self, kernel: Kernel, consumer: Consumer) -> dt.datetime | None:
+        async with kernel.db.sessions() as session:
+            kept, newest = (
+                await session.execute(
+                    select(func.count(OutboxEvent.log_position), func.max(OutboxEvent.log_position))
+                )
+            ).one()
+            if newest is None or kept == newest:
+                return None  # positions 1..newest are all there: nothing was pruned
+            oldest = await session.scalar(
+                select(func.min(OutboxEvent.occurred_at)).where(
+                    OutboxEvent.log_position.is_not(None),
+                    OutboxEvent.type.in_(consumer.event_types),
+                )
+            )
+        # Whatever occurred after the cutoff is still kept, whether or not the consumer's
+        # types have rows left; before it, only from the oldest row still in the log on.
+        cutoff = outbox_cutoff(kernel.settings.events)
+        return cutoff if oldest is None else min(oldest, cutoff)
 
     async def ping(self) -> None:
         return None  # the log is a table: the database check covers it
