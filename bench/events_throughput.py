@@ -1,11 +1,13 @@
 """Durable events benchmark: outbox -> consumer throughput and emit -> handled latency.
 
     .venv/bin/python bench/events_throughput.py [--backend sqlite|postgresql-nats|both]
-        [--events 20000] [--batch 100] [--repetitions 3]
+        [--events 20000] [--batch 100] [--repetitions 3] [--layout single|split]
 
 Each repetition runs in a fresh process (`--role run`) that builds the kernel with
 `bench/bench_app` (through `bench/bench_server.py`) and runs its lifespan, as `veche serve`
-does with role `all`: relay and consumers in the same process. It then emits `--events`
+does with role `all`: relay and consumers in the same process (`--layout split`: this
+process is a worker, `VECHE_ROLE=worker`, and a second process with `VECHE_ROLE=api`
+emits and relays, as an API replica and a worker are deployed). It emits `--events`
 events of type `bench.tick.recorded` with `emit()`, `--batch` per unit of work (one
 transaction each), as fast as it can, while the relay publishes them and the consumer
 `bench-counter` handles them on the real path (its processed-event row, and on SQLite its
@@ -50,6 +52,7 @@ from common import BENCH, PG_URL, RESULTS, VENV_BIN, log, reset_postgresql
 NATS_URL = "nats://127.0.0.1:4222"
 TARGET_EVENTS_PER_S = 2000.0
 WAIT_S = 240.0
+SCRIPT = str(Path(__file__).resolve())
 
 
 @dataclass(slots=True)
@@ -88,26 +91,71 @@ def fill(result: Result, stamps: list[tuple[int, int]], first_emit_ns: int) -> N
 # -- one repetition, in its own process ------------------------------------------------------
 
 
+async def emit_ticks(kernel: Any, events: int, batch: int) -> None:
+    from bench_app import TickRecorded
+    from veche.kernel.events import emit
+
+    for begin in range(0, events, batch):
+        async with kernel.db.unit_of_work() as session:
+            for seq in range(begin, min(begin + batch, events)):
+                await emit(session, "bench.tick.recorded", TickRecorded(seq=seq, t=time.time_ns()))
+
+
+async def emit_elsewhere(args: argparse.Namespace) -> tuple[int, float]:
+    """Run the emitter as an API process (`VECHE_ROLE=api`: it emits and relays, as an API
+    replica does); returns its first emit time (ns) and how long it emitted (s)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        SCRIPT,
+        "--role",
+        "emit",
+        "--events",
+        str(args.events),
+        "--batch",
+        str(args.batch),
+        env={**os.environ, "VECHE_ROLE": "api"},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"the emitter failed with {process.returncode}")
+    first_ns, emit_s = json.loads(out.decode().strip().splitlines()[-1])
+    return int(first_ns), float(emit_s)
+
+
+async def emit_only(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(BENCH))
+    from bench_server import create_app
+
+    app = create_app()
+    async with app.router.lifespan_context(app):
+        first = time.time_ns()
+        await emit_ticks(app.state.kernel, args.events, args.batch)
+        emit_s = round((time.time_ns() - first) / 1e9, 3)
+    print(json.dumps([first, emit_s]))  # read by the measuring process
+
+
 async def run_once(args: argparse.Namespace) -> list[Result]:
     sys.path.insert(0, str(BENCH))
     from bench_app import COUNTER, TickRecorded, count_tick
     from bench_server import create_app
     from veche.kernel import Kernel
-    from veche.kernel.events import ConsumerContext, Event, emit
+    from veche.kernel.events import ConsumerContext, Event
 
+    if args.layout == "split":
+        os.environ["VECHE_ROLE"] = "worker"  # this process: the consumer only
     app = create_app()
     kernel: Kernel = app.state.kernel
-    real = Result("outbox -> consumer", args.backend, args.events)
+    kind = "outbox -> consumer" + (" (api + worker processes)" if args.layout == "split" else "")
+    real = Result(kind, args.backend, args.events)
     async with app.router.lifespan_context(app):
         COUNTER.reset()
-        first = time.time_ns()
-        for begin in range(0, args.events, args.batch):
-            async with kernel.db.unit_of_work() as session:
-                for seq in range(begin, min(begin + args.batch, args.events)):
-                    await emit(
-                        session, "bench.tick.recorded", TickRecorded(seq=seq, t=time.time_ns())
-                    )
-        real.emit_s = round((time.time_ns() - first) / 1e9, 3)
+        if args.layout == "split":
+            first, real.emit_s = await emit_elsewhere(args)
+        else:
+            first = time.time_ns()
+            await emit_ticks(kernel, args.events, args.batch)
+            real.emit_s = round((time.time_ns() - first) / 1e9, 3)
         real.emit_per_s = round(args.events / max(real.emit_s, 1e-9), 1)
         deadline = time.monotonic() + WAIT_S
         while len(COUNTER.stamps) < args.events and time.monotonic() < deadline:  # noqa: ASYNC110
@@ -207,6 +255,8 @@ def one_repetition(args: argparse.Namespace, backend: str, repetition: int) -> l
                     str(args.events),
                     "--batch",
                     str(args.batch),
+                    "--layout",
+                    args.layout,
                 ],
                 check=False,
                 env=env,
@@ -274,17 +324,27 @@ def drive(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--role", choices=["driver", "run"], default="driver")
+    parser.add_argument("--role", choices=["driver", "run", "emit"], default="driver")
     parser.add_argument("--backend", choices=["sqlite", "postgresql-nats", "both"], default="both")
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=100, help="events per transaction")
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument(
+        "--layout",
+        choices=["single", "split"],
+        default="single",
+        help="single: one process with VECHE_ROLE=all; split: an API process emits (and "
+        "relays) while a worker process consumes, as deployed",
+    )
     args = parser.parse_args()
     if args.role == "driver":
         drive(args)
         return
     import uvloop
 
+    if args.role == "emit":
+        uvloop.run(asyncio.wait_for(emit_only(args), WAIT_S))
+        return
     results = uvloop.run(asyncio.wait_for(run_once(args), WAIT_S + 60))
     print(json.dumps([asdict(result) for result in results]))
 
