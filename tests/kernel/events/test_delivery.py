@@ -271,3 +271,28 @@ async def test_a_batch_with_a_failing_event_handles_the_rest_once_and_in_order(
         ).all()
     expected = [str(event.id) for event in events if event is not events[12]]
     assert [row.target_id for row in audited] == expected  # once each, in log order
+
+
+async def test_a_batch_read_before_a_rewind_never_undoes_it(ledger_app: StartApp) -> None:
+    from veche.kernel.events import ConsumerOffset
+    from veche.kernel.events.backends.sql import _advance
+    from veche.kernel.events.consumers import StaleBatch, handle_batch
+
+    kernel: Kernel = (await ledger_app(role="api")).state.kernel
+    if kernel.events.external:
+        pytest.skip("the SQL log's offsets; JetStream keeps its own")
+    auditor = kernel.events.consumers["ledger-auditor"]
+    events = [await emit_entry(kernel, amount) for amount in (1, 2, 3)]
+    async with kernel.db.unit_of_work() as session:
+        session.add(ConsumerOffset(consumer="ledger-auditor", log_position=2))
+    # A batch that read the offset as 0 (before the offset moved to 2) tries to commit.
+    with pytest.raises(StaleBatch):
+        await handle_batch(kernel, auditor, events, _advance(auditor, 0, 3))
+    async with kernel.db.sessions() as session:
+        offset = await session.get(ConsumerOffset, "ledger-auditor")
+        assert offset is not None
+        assert offset.log_position == 2
+    for event in events:  # the handlers' work rolled back with it
+        assert await handled_count(kernel, AUDITED, event.id) == 0
+    assert await handle_batch(kernel, auditor, events[2:], _advance(auditor, 2, 3)) is True
+    assert await handled_count(kernel, AUDITED, events[2].id) == 1

@@ -84,6 +84,10 @@ def retry_delay(settings: EventsSettings, attempt: int) -> float:
     return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not a secret
 
 
+class StaleBatch(Exception):
+    """The consumer's position moved under a batch (a rewind): drop it and read again."""
+
+
 class Failure(Exception):
     """A handler attempt failed; carries the original error."""
 
@@ -168,6 +172,8 @@ async def handle_batch(
             await session.flush()
             if also is not None:
                 await also(session)
+    except StaleBatch:
+        raise
     except Exception as exc:
         log.info(
             "event_batch_failed",

@@ -15,11 +15,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from veche.kernel.db import utcnow
 from veche.kernel.events import metrics
-from veche.kernel.events.consumers import Consumer, deliver, handle_batch
+from veche.kernel.events.consumers import Consumer, StaleBatch, deliver, handle_batch
 from veche.kernel.events.models import ConsumerOffset, OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
 from veche.kernel.events.retention import outbox_cutoff
@@ -89,12 +90,19 @@ class SqlBackend:
         if not rows:
             return 0
         events = [envelope_of(row) for row in rows]
-        last = rows[-1].log_position
-        assert last is not None
-        if not await handle_batch(kernel, consumer, events, _move_to(consumer, last)):
-            for row, event in zip(rows, events, strict=True):
-                assert row.log_position is not None
-                await deliver(kernel, consumer, event, _move_to(consumer, row.log_position))
+        positions = [int(row.log_position or 0) for row in rows]
+        try:
+            if not await handle_batch(
+                kernel, consumer, events, _advance(consumer, offset, positions[-1])
+            ):
+                previous = offset
+                for position, event in zip(positions, events, strict=True):
+                    await deliver(kernel, consumer, event, _advance(consumer, previous, position))
+                    previous = position
+        except StaleBatch:
+            # Rewound meanwhile: what this batch did is rolled back; read from the new offset.
+            log.info("event_batch_stale", consumer=consumer.name)
+            return 0
         return len(rows)
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
@@ -154,6 +162,34 @@ class SqlBackend:
 async def _offset(session: AsyncSession, name: str) -> int:
     row = await session.get(ConsumerOffset, name)
     return row.log_position if row is not None else 0
+
+
+def _advance(
+    consumer: Consumer, expected: int, position: int
+) -> Callable[[AsyncSession], Awaitable[None]]:
+    """Move the offset from `expected` to `position` in the handler's transaction, or raise
+    `StaleBatch` when it is no longer `expected` (a rewind moved it): the handler's work
+    then rolls back with it, and a rewind is never undone by a batch read before it."""
+
+    async def move(session: AsyncSession) -> None:
+        moved = await session.execute(
+            update(ConsumerOffset)
+            .where(
+                ConsumerOffset.consumer == consumer.name,
+                ConsumerOffset.log_position == expected,
+            )
+            .values(log_position=position, updated_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        if moved.rowcount == 1:  # type: ignore[attr-defined]
+            return
+        if expected == 0 and await session.get(ConsumerOffset, consumer.name) is None:
+            session.add(ConsumerOffset(consumer=consumer.name, log_position=position))
+            await session.flush()
+            return
+        raise StaleBatch(consumer.name)
+
+    return move
 
 
 def _move_to(
