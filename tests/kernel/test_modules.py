@@ -172,7 +172,7 @@ def test_a_valid_manifest_parses() -> None:
         ),
         pytest.param(
             "name: mini\nversion: 1.0.0\nrequires: [db, telepathy]\n",
-            "unknown kernel capabilities ['telepathy']; known: audit, db,",
+            "unknown kernel capabilities ['telepathy']; known: ai, audit, db,",
             id="unknown-capability",
         ),
     ],

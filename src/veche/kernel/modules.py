@@ -43,6 +43,7 @@ KERNEL_CAPABILITIES = frozenset(
         "observability",
         "events",
         "realtime",
+        "ai",
     }
 )
 _API_ENTRY = re.compile(r"^(GET|POST|PUT|PATCH|DELETE|HEAD|OPTIONS|WS) (/[^\s]*)$")

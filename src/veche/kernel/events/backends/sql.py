@@ -123,7 +123,7 @@ class SqlBackend:
             before = await session.scalar(
                 select(func.max(OutboxEvent.log_position)).where(OutboxEvent.occurred_at < since)
             )
-            await _move_to(consumer, int(before or 0), forward_only=False)(session)
+            await _set_offset(session, consumer, int(before or 0))
             await session.execute(
                 delete(ProcessedEvent).where(
                     ProcessedEvent.consumer == consumer.name,
@@ -192,15 +192,10 @@ def _advance(
     return move
 
 
-def _move_to(
-    consumer: Consumer, position: int, *, forward_only: bool = True
-) -> Callable[[AsyncSession], Awaitable[None]]:
-    async def move(session: AsyncSession) -> None:
-        row = await session.get(ConsumerOffset, consumer.name)
-        if row is None:
-            session.add(ConsumerOffset(consumer=consumer.name, log_position=position))
-        elif not forward_only or position > row.log_position:
-            row.log_position = position
-        await session.flush()
-
-    return move
+async def _set_offset(session: AsyncSession, consumer: Consumer, position: int) -> None:
+    row = await session.get(ConsumerOffset, consumer.name)
+    if row is None:
+        session.add(ConsumerOffset(consumer=consumer.name, log_position=position))
+    else:
+        row.log_position = position
+    await session.flush()
