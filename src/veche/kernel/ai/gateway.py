@@ -162,15 +162,8 @@ class LLMGateway:
         temperature: float | None = None,
     ) -> Completion:
         """One reply: text, or the tool calls the model wants made."""
-        profile = self._prepare(app, purpose)
-        await self._ledger.ensure_budget(user_id, app)
-        request = self._request(
-            profile,
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            max_tokens=max_tokens,
-            temperature=temperature,
+        profile, request = await self._admit(
+            messages, app, purpose, user_id, tools, tool_choice, max_tokens, temperature
         )
         return await self._complete(profile, request, app, user_id, "chat", prompt)
 
@@ -192,15 +185,8 @@ class LLMGateway:
         The budget is checked before the first event; a stream abandoned by its reader is
         recorded as `cancelled` with the text it had produced counted as completion.
         """
-        profile = self._prepare(app, purpose)
-        await self._ledger.ensure_budget(user_id, app)
-        request = self._request(
-            profile,
-            messages,
-            tools=tools,
-            tool_choice=tool_choice,
-            max_tokens=max_tokens,
-            temperature=temperature,
+        profile, request = await self._admit(
+            messages, app, purpose, user_id, tools, tool_choice, max_tokens, temperature
         )
         return self._stream(profile, request, app, user_id, prompt)
 
@@ -299,6 +285,30 @@ class LLMGateway:
             f"The model's answer did not match {output.__name__} after a repair attempt "
             f"({error.error_count()} problems)"
         ) from error
+
+    async def _admit(
+        self,
+        messages: Sequence[Message],
+        app: str,
+        purpose: str,
+        user_id: UUID | None,
+        tools: Sequence[Tool],
+        tool_choice: ToolChoice | None,
+        max_tokens: int | None,
+        temperature: float | None,
+    ) -> tuple[ResolvedProfile, ChatRequest]:
+        """The purpose's profile and the request, once the user's budget allows a call."""
+        profile = self._prepare(app, purpose)
+        await self._ledger.ensure_budget(user_id, app)
+        request = self._request(
+            profile,
+            messages,
+            tools=tools,
+            tool_choice=tool_choice,
+            max_tokens=max_tokens,
+            temperature=temperature,
+        )
+        return profile, request
 
     def _prepare(self, app: str, purpose: str) -> ResolvedProfile:
         if not _APP.match(app):

@@ -12,9 +12,8 @@ from veche.kernel.ai.embeddings.base import EmbeddingKind, Vectors
 from veche.kernel.ai.errors import AIError, ProviderRejected
 from veche.kernel.ai.providers.base import ProviderHealth
 from veche.kernel.ai.providers.openai import (
-    breaker_from,
+    OpenAIEndpoint,
     breaker_health,
-    build_client,
     connection_problems,
     guarded,
     is_openai_host,
@@ -24,7 +23,7 @@ from veche.settings import AISettings
 DEFAULT_OPENAI_MODEL = "text-embedding-3-small"
 
 
-class OpenAIEmbeddingProvider:
+class OpenAIEmbeddingProvider(OpenAIEndpoint):
     """`client.embeddings.create` turned into L2-normalised float32 rows, in input order.
 
     `dimensions` is 0 until the first reply when the constructor was not told it; from
@@ -45,24 +44,17 @@ class OpenAIEmbeddingProvider:
         timeout_seconds: float | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        """`settings` gives retries, timeout and breaker; the keywords override it."""
-        settings = settings or AISettings()
-        default_model = DEFAULT_OPENAI_MODEL if is_openai_host(base_url) else ""
-        self.model = model or default_model
-        self.base_url = base_url
-        self.dimensions = dimensions or 0
-        self._has_key = bool(api_key)
-        self._breaker = breaker or breaker_from(settings)
-        self._client = build_client(
+        super().__init__(
             base_url=base_url,
             api_key=api_key,
-            max_retries=settings.max_retries if max_retries is None else max_retries,
-            timeout_seconds=timeout_seconds or settings.timeout_seconds,
+            settings=settings,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            breaker=breaker,
         )
-
-    @property
-    def breaker(self) -> CircuitBreaker:
-        return self._breaker
+        default_model = DEFAULT_OPENAI_MODEL if is_openai_host(base_url) else ""
+        self.model = model or default_model
+        self.dimensions = dimensions or 0
 
     def problems(self) -> list[str]:
         return connection_problems(
@@ -94,9 +86,6 @@ class OpenAIEmbeddingProvider:
 
     def health(self) -> ProviderHealth:
         return breaker_health(self.name, self._breaker)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 def _vectors(reply: Any, count: int) -> Vectors:

@@ -198,10 +198,10 @@ def breaker_health(provider: str, breaker: CircuitBreaker) -> ProviderHealth:
     return ProviderHealth(provider, "ok")
 
 
-class OpenAIChatProvider:
-    """Chat completions over an OpenAI-compatible HTTP API."""
-
-    name = "openai"
+class OpenAIEndpoint:
+    """What every OpenAI-compatible provider holds: the endpoint, the SDK client (with its
+    retries and timeout) and a circuit breaker. `settings` gives retries, timeout and
+    breaker; the keywords override it."""
 
     def __init__(
         self,
@@ -213,10 +213,6 @@ class OpenAIChatProvider:
         timeout_seconds: float | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        """`settings` gives retries, timeout and breaker; the keywords override it.
-
-        Each request names its model, so the profile settings own the model check.
-        """
         settings = settings or AISettings()
         self.base_url = base_url
         self._has_key = bool(api_key)
@@ -231,6 +227,16 @@ class OpenAIChatProvider:
     @property
     def breaker(self) -> CircuitBreaker:
         return self._breaker
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+
+class OpenAIChatProvider(OpenAIEndpoint):
+    """Chat completions over an OpenAI-compatible HTTP API. Each request names its model,
+    so the profile settings own the model check."""
+
+    name = "openai"
 
     def problems(self) -> list[str]:
         return connection_problems(
@@ -288,9 +294,6 @@ class OpenAIChatProvider:
 
     def health(self) -> ProviderHealth:
         return breaker_health(self.name, self._breaker)
-
-    async def aclose(self) -> None:
-        await self._client.close()
 
 
 async def _open_guarded(
