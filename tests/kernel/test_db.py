@@ -23,8 +23,10 @@ from veche.kernel.db import Base, Database, create_engine, new_id
 from veche.kernel.errors import Conflict, ProblemError
 from veche.kernel.identity.models import AuthSession
 from veche.migrate import current_revision, downgrade, head_revision, upgrade
+from veche.registry import load_modules
 from veche.settings import Settings
 
+load_modules(None)  # every installed app's tables, as the migrations see them
 MODEL_TABLES = set(Base.metadata.tables)
 
 

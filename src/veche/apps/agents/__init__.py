@@ -1,0 +1,19 @@
+"""The agents app: the personal multi-agent AI platform.
+
+In progress. What exists: projects, each with a private workspace directory; agents with
+validated, versioned configurations; one scoping helper (`repository.Scoped`) that confines
+every query to the caller's own rows; and `veche.apps.agents.tools`, the tools an agent runs
+inside its project's workspace (files and commands, confined and isolated). Worker spaces,
+approvals, memory, chat and the session stream come next.
+"""
+
+from __future__ import annotations
+
+from veche.apps.agents.routes import router
+from veche.kernel import AppModule, Manifest
+
+module = AppModule(
+    name="agents",
+    manifest=Manifest.from_package("veche.apps.agents"),
+    routers=[router],
+)

@@ -1,0 +1,51 @@
+"""Project workspace directories: `<data dir>/agents/workspaces/<user id>/<project id>`,
+private to the server's account (0700), made when first needed and removed with the
+project. Rows keep only the part under the workspaces root."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+PRIVATE = 0o700
+
+
+class WorkspaceRoot:
+    def __init__(self, data_dir: Path) -> None:
+        self.root = data_dir / "agents" / "workspaces"
+
+    @staticmethod
+    def relation(user_id: UUID, project_id: UUID) -> str:
+        return f"{user_id}/{project_id}"
+
+    def path(self, relation: str) -> Path:
+        path = self.root / relation
+        # Relations are made from two UUIDs; anything else in a row is refused, not used.
+        if path.parent.parent != self.root or ".." in Path(relation).parts:
+            raise ValueError(f"not a workspace relation: {relation!r}")
+        return path
+
+    async def ensure(self, relation: str) -> Path:
+        """The workspace directory, made (with its parents, all 0700) if missing."""
+        return await asyncio.to_thread(self._ensure, self.path(relation))
+
+    async def remove(self, relation: str) -> None:
+        await asyncio.to_thread(self._remove, self.path(relation))
+
+    def _ensure(self, path: Path) -> Path:
+        for directory in (self.root.parent, self.root, path.parent, path):
+            directory.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+        # mkdir's mode passes through the umask; a workspace is private whatever it is.
+        for directory in (self.root, path.parent, path):
+            os.chmod(directory, PRIVATE)
+        return path
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        # rmtree never follows symlinks, so a link an agent left behind removes only itself.
+        with contextlib.suppress(FileNotFoundError):  # never made or already gone: done
+            shutil.rmtree(path)
