@@ -207,6 +207,37 @@ def fuzz(
     run()
 
 
+def fuzz_all(
+    operations: list[Any], base_url: str, headers: dict[str, str]
+) -> tuple[list[str], dict[str, Counter[int]]]:
+    """Every operation with valid and invalid input against a live server: the failed
+    checks, one line each, and the statuses each operation answered."""
+    session = requests.Session()
+    failures: list[str] = []
+    statuses: dict[str, Counter[int]] = defaultdict(Counter)
+
+    def call(case: schemathesis.Case[Any]) -> None:
+        response = case.call_and_validate(
+            base_url=base_url,
+            session=session,
+            # The API validates more than a JSON schema says (a real email address, the
+            # password policy, a taken name, repeated tools): schema-valid data may get a
+            # 422 or 409 by design. Every other check runs.
+            excluded_checks=[schemathesis.checks.positive_data_acceptance],
+        )
+        statuses[case.operation.label][response.status_code] += 1
+
+    for operation in operations:
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                fuzz(operation, mode, headers, call)
+            except hypothesis.errors.Unsatisfiable:
+                assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no input
+            except (AssertionError, BaseExceptionGroup) as exc:  # check failures
+                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    return failures, statuses
+
+
 def test_schemathesis_finds_no_server_errors_or_schema_violations(
     live_server: LiveServer,
 ) -> None:
@@ -218,29 +249,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
         found.append(result.ok())
     found.sort(key=lambda operation: operation.label in RUN_LAST)
     assert len(found) >= 15
-    session = requests.Session()
-    failures: list[str] = []
-    statuses: dict[str, Counter[int]] = defaultdict(Counter)
-
-    def call(case: schemathesis.Case[Any]) -> None:
-        response = case.call_and_validate(
-            base_url=live_server.url,
-            session=session,
-            # The API validates more than a JSON schema says (a real email address, the
-            # password policy, current_password with new_password): schema-valid data may
-            # get a 422 by design. Every other check runs.
-            excluded_checks=[schemathesis.checks.positive_data_acceptance],
-        )
-        statuses[case.operation.label][response.status_code] += 1
-
-    for operation in found:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            try:
-                fuzz(operation, mode, headers, call)
-            except hypothesis.errors.Unsatisfiable:
-                assert mode is GenerationMode.NEGATIVE  # nothing to get wrong: no input
-            except (AssertionError, BaseExceptionGroup) as exc:  # check failures
-                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    failures, statuses = fuzz_all(found, live_server.url, headers)
     assert not failures, "\n\n".join(failures)
     # The fuzzer really got in: signed in, as an admin, with valid and invalid input.
     for label in ("GET /api/v1/me", "GET /api/v1/admin/users", "GET /api/v1/admin/audit"):

@@ -3,20 +3,15 @@ or invalid, gets a 500 or an answer its schema does not promise."""
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import requests
 import schemathesis
 import schemathesis.checks
 import uvicorn
-from hypothesis.errors import Unsatisfiable
-from schemathesis import GenerationMode
 from schemathesis.core.result import Ok
 
-from tests.kernel.test_openapi import LiveServer, fuzz, sign_in_as_admin
+from tests.kernel.test_openapi import LiveServer, fuzz_all, sign_in_as_admin
 from veche.apps.agents import module as agents_module
 from veche.kernel import build_app
 from veche.settings import Settings
@@ -53,27 +48,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
         if operation.path.startswith("/api/v1/agents/"):
             found.append(operation)
     assert len(found) == len(agents_module.manifest.exposes.api)
-    session = requests.Session()
-    failures: list[str] = []
-    statuses: dict[str, Counter[int]] = defaultdict(Counter)
-
-    def call(case: schemathesis.Case[Any]) -> None:
-        # Schema-valid data may still be refused by design: repeated tools, a taken name.
-        response = case.call_and_validate(
-            base_url=agents_server.url,
-            session=session,
-            excluded_checks=[schemathesis.checks.positive_data_acceptance],
-        )
-        statuses[case.operation.label][response.status_code] += 1
-
-    for operation in found:
-        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            try:
-                fuzz(operation, mode, headers, call)
-            except Unsatisfiable:
-                assert mode is GenerationMode.NEGATIVE
-            except (AssertionError, BaseExceptionGroup) as exc:
-                failures.append(f"{operation.label} [{mode.value}]: {exc}")
+    failures, statuses = fuzz_all(found, agents_server.url, headers)
     assert not failures, "\n\n".join(failures)
     for label in ("POST /api/v1/agents/projects", "POST /api/v1/agents/agents"):
         assert statuses[label][201] > 0, (label, statuses[label])
