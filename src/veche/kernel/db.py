@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar
 from uuid import UUID
@@ -51,6 +51,41 @@ def new_id() -> UUID:
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+_ON_COMMIT = "veche.on_commit"
+_ON_ROLLBACK = "veche.on_rollback"
+
+
+def on_outcome(
+    session: AsyncSession | Session,
+    *,
+    committed: Callable[[], None] | None = None,
+    rolled_back: Callable[[], None] | None = None,
+) -> None:
+    """Run `committed` once the session's transaction commits, or `rolled_back` if it rolls
+    back instead: for effects outside the database (files) that must follow the rows. The
+    actions are synchronous and run on the event loop's thread; hand slow work to a thread.
+    """
+    info = session.info
+    if committed is not None:
+        info.setdefault(_ON_COMMIT, []).append(committed)
+    if rolled_back is not None:
+        info.setdefault(_ON_ROLLBACK, []).append(rolled_back)
+
+
+@event.listens_for(Session, "after_commit")
+def _run_commit_actions(session: Session) -> None:
+    session.info.pop(_ON_ROLLBACK, None)
+    for action in session.info.pop(_ON_COMMIT, []):
+        action()
+
+
+@event.listens_for(Session, "after_rollback")
+def _run_rollback_actions(session: Session) -> None:
+    session.info.pop(_ON_COMMIT, None)
+    for action in session.info.pop(_ON_ROLLBACK, []):
+        action()
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 from uuid import UUID
@@ -84,7 +85,38 @@ async def test_a_project_gets_a_private_workspace_removed_with_it(
     response = await http.delete(f"{PREFIX}/projects/{project['id']}", headers=ann.headers)
     assert response.status_code == 204
     assert not workspace.exists()
+    trash = settings.data_dir / "agents" / "workspaces" / ".trash"
+    for _ in range(200):  # deleted in a worker thread once the transaction committed
+        if not any(trash.iterdir()):
+            break
+        await asyncio.sleep(0.01)
+    assert not any(trash.iterdir())
     assert outside.read_text() == "keep me\n"  # a link is removed, never followed
+
+
+async def test_a_delete_that_rolls_back_keeps_the_workspace_files(
+    http: httpx.AsyncClient, ann: Caller, agents_app: FastAPI, settings: Settings
+) -> None:
+    from veche.apps.agents.service import ProjectService
+    from veche.apps.agents.workspace import WorkspaceRoot
+
+    project = await create_project(http, ann)
+    workspace = workspace_of(settings, ann, project["id"])
+    (workspace / "draft.md").write_text("unsaved thoughts\n")
+    kernel: Kernel = agents_app.state.kernel
+
+    async def delete_then_fail() -> None:
+        async with kernel.db.unit_of_work() as session:
+            service = ProjectService(session, UUID(ann.user_id), WorkspaceRoot(settings.data_dir))
+            await service.delete(UUID(project["id"]))
+            assert not workspace.exists()  # moved aside while the transaction is open
+            raise RuntimeError("the transaction fails after the delete")
+
+    with pytest.raises(RuntimeError):
+        await delete_then_fail()
+    assert (workspace / "draft.md").read_text() == "unsaved thoughts\n"
+    still = await http.get(f"{PREFIX}/projects/{project['id']}", headers=ann.headers)
+    assert still.status_code == 200
 
 
 async def test_the_row_keeps_the_workspace_relative_to_the_data_dir(

@@ -95,8 +95,8 @@ class ProjectService:
             data={"name": project.name},
         )
         await self.session.flush()
-        # After the row is gone from this transaction: a failure here rolls it back.
-        await self.workspaces.remove(project.workspace)
+        # The files go when the row does: deleted after the commit, restored on rollback.
+        await self.workspaces.discard(self.session, project.workspace)
 
     async def _check_name(self, name: str, *, excluding: UUID | None = None) -> None:
         if await self.scoped.name_taken(Project, name, excluding=excluding):

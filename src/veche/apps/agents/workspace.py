@@ -8,10 +8,17 @@ import asyncio
 import contextlib
 import os
 import shutil
+import uuid
 from pathlib import Path
 from uuid import UUID
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.kernel.db import on_outcome
+
 PRIVATE = 0o700
+# Where deleted workspaces wait for their transaction's outcome (same filesystem: a rename).
+TRASH = ".trash"
 
 
 class WorkspaceRoot:
@@ -33,8 +40,32 @@ class WorkspaceRoot:
         """The workspace directory, made (with its parents, all 0700) if missing."""
         return await asyncio.to_thread(self._ensure, self.path(relation))
 
-    async def remove(self, relation: str) -> None:
-        await asyncio.to_thread(self._remove, self.path(relation))
+    async def discard(self, session: AsyncSession, relation: str) -> None:
+        """Take the workspace away with the transaction: moved aside now (one rename), deleted
+        once the transaction commits, put back if it rolls back, so a failed delete never
+        loses the files of a project that still exists."""
+        path = self.path(relation)
+        aside = self.root / TRASH / uuid.uuid4().hex
+        if not await asyncio.to_thread(self._move_aside, path, aside):
+            return
+        loop = asyncio.get_running_loop()
+
+        def delete_aside() -> None:
+            loop.run_in_executor(None, self._remove, aside)
+
+        def put_back() -> None:
+            os.rename(aside, path)
+
+        on_outcome(session, committed=delete_aside, rolled_back=put_back)
+
+    @staticmethod
+    def _move_aside(path: Path, aside: Path) -> bool:
+        aside.parent.mkdir(mode=PRIVATE, parents=True, exist_ok=True)
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:  # never made or already gone: nothing to keep
+            return False
+        return True
 
     def _ensure(self, path: Path) -> Path:
         for directory in (self.root.parent, self.root, path.parent, path):
