@@ -570,7 +570,7 @@ async def test_embedded_second_process_writes_while_this_one_reads_and_writes(
 
 
 def test_filters_are_checked_the_same_way_everywhere() -> None:
-    from veche.kernel.ai.vectors.embedded import check_filter
+    from veche.kernel.ai.vectors.checks import check_filter
 
     checks: list[Callable[[], None]] = [
         lambda: check_filter(VectorFilter(ids="abc")),

@@ -18,7 +18,7 @@ import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
 from veche.kernel.ai.vectors.base import VectorFilter, VectorHit, VectorRecord
-from veche.kernel.ai.vectors.embedded import (
+from veche.kernel.ai.vectors.checks import (
     CheckedRecord,
     Vector,
     check_filter,
