@@ -41,6 +41,9 @@ DEFAULT_RATE_LIMITS = {
     "auth": "20/minute;200/hour",
     "auth_refresh": "60/minute",
     "admin": "300/minute",
+    # The agents app: sending a message starts an LLM run; tool results come from clients.
+    "agents_messages": "20/minute",
+    "agents_tools": "60/minute",
 }
 
 
@@ -130,6 +133,32 @@ class ModelPrice(BaseModel):
     output_per_million: Annotated[float, Field(ge=0.0)] = 0.0
 
 
+class AgentsSettings(BaseModel):
+    """The agents app (`VECHE_AGENTS__*`): approvals, chat runs, worker spaces, memory."""
+
+    # Approvals: how long a request waits by risk, when the warning goes out, how many
+    # times a rejected call may be revised.
+    approval_timeout_medium_seconds: Annotated[int, Field(ge=10, le=86_400)] = 300
+    approval_timeout_high_seconds: Annotated[int, Field(ge=10, le=86_400)] = 600
+    approval_warning_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    max_rejected_retries: Annotated[int, Field(ge=0, le=10)] = 3
+    # Client-side tools: how long the server waits for the user's machine.
+    client_tool_timeout_seconds: Annotated[int, Field(ge=5, le=3600)] = 120
+    # Direct chat: the history a run sees, memory hits it retrieves, tool rounds it may take.
+    history_messages: Annotated[int, Field(ge=1, le=200)] = 10
+    history_tokens: Annotated[int, Field(ge=100, le=100_000)] = 4000
+    memory_results: Annotated[int, Field(ge=0, le=50)] = 5
+    max_tool_rounds: Annotated[int, Field(ge=1, le=50)] = 8
+    # How often the runner looks for work other processes queued or resolved.
+    runner_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Worker spaces: released after this long unused; agent configs cached this long.
+    space_idle_seconds: Annotated[int, Field(ge=1, le=86_400)] = 900
+    config_cache_ttl_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+    # Agent health: checked this often; an agent in error is retried after this long.
+    health_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
+    error_recovery_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+
+
 class AISettings(BaseModel):
     """The AI gateway: purposes, prices, budgets and resilience (`VECHE_AI__*`).
 
@@ -213,6 +242,7 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
     ai: AISettings = Field(default_factory=AISettings)
+    agents: AgentsSettings = Field(default_factory=AgentsSettings)
 
     max_body_bytes: PositiveInt = 1 * MIB
     # Named policies; given ones override these defaults, the rest stay.

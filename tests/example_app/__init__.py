@@ -63,7 +63,7 @@ async def _on_startup(_kernel: object) -> None:
     started.append("up")
 
 
-async def _always_ready() -> None:
+async def _always_ready(_kernel: object) -> None:
     return None
 
 

@@ -6,6 +6,7 @@ modules in, and tests pass their own.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -46,7 +47,7 @@ def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, 
         checks["vectors"] = kernel.ai.vectors_health
     for module in modules:
         for name, check in module.readiness.items():
-            checks[f"{module.name}.{name}"] = check
+            checks[f"{module.name}.{name}"] = functools.partial(check, kernel)
     return checks
 
 

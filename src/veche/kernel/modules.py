@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 Hook = Callable[["Kernel"], Awaitable[None]]
 ReadinessCheck = Callable[[], Awaitable[None]]
+# An app's readiness check gets the kernel, to reach what its startup hook built.
+AppReadinessCheck = Callable[["Kernel"], Awaitable[None]]
 
 # What the kernel provides today; a manifest may only require these.
 KERNEL_CAPABILITIES = frozenset(
@@ -129,7 +131,7 @@ class AppModule:
     channel_policies: Mapping[str, ChannelPolicy] = field(default_factory=dict)
     on_startup: Sequence[Hook] = ()
     on_shutdown: Sequence[Hook] = ()
-    readiness: Mapping[str, ReadinessCheck] = field(default_factory=dict)
+    readiness: Mapping[str, AppReadinessCheck] = field(default_factory=dict)
 
     @property
     def prefix(self) -> str:

@@ -7,8 +7,8 @@ module holds global state and a test can build as many independent kernels as it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from veche.kernel.db import Database
 from veche.kernel.events.bus import EventBus
@@ -33,6 +33,9 @@ class Kernel:
     realtime: Hub
     events: EventBus
     ai: AIServices
+    # Each app's own per-process runtime (workers, caches), by app name, put here by the
+    # app's startup hook; the kernel never looks inside.
+    apps: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Kernel:

@@ -1,6 +1,7 @@
-"""The agents app's tables: projects (each with a workspace directory) and agents with
-their immutable configuration versions. Every table carries `user_id`, the column the
-app's one scoping helper filters on."""
+"""The agents app's tables: projects (each with a workspace directory), agents with their
+immutable configuration versions, chat sessions with their messages and tasks, approvals
+(requests, standing rules, each user's policy), client-side tool calls and the memory
+ledger. Every table carries `user_id`, the column the app's one scoping helper filters on."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from veche.kernel import Base, IdMixin, TimestampMixin, utcnow
@@ -39,6 +49,9 @@ class Agent(IdMixin, TimestampMixin, Base):
     user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="ready")
+    # Why the agent is in `error` (a stable code) and since when; cleared on recovery.
+    status_reason: Mapped[str | None] = mapped_column(String(64), default=None)
+    status_changed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)
     # The current version's configuration (everything but the name), copied from it.
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -55,4 +68,188 @@ class AgentVersion(IdMixin, Base):
     number: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ChatSession(IdMixin, TimestampMixin, Base):
+    """A conversation inside a project. `queue_policy` says what a message that arrives
+    while another is being processed does: wait its turn, be refused, or interrupt."""
+
+    __tablename__ = "agents_sessions"
+    __table_args__ = (
+        Index(
+            "ix_agents_sessions_user_id_project_id_created_at",
+            "user_id",
+            "project_id",
+            "created_at",
+        ),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    title: Mapped[str] = mapped_column(String(200), default="")
+    queue_policy: Mapped[str] = mapped_column(String(16), default="enqueue")
+
+
+class ChatMessage(IdMixin, Base):
+    """One message of a session: the user's (`role=user`, with the task it started) or an
+    agent's answer (`role=assistant`)."""
+
+    __tablename__ = "agents_messages"
+    __table_args__ = (
+        Index("ix_agents_messages_session_id_created_at", "session_id", "created_at"),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID] = mapped_column(ForeignKey("agents_sessions.id", ondelete="CASCADE"))
+    role: Mapped[str] = mapped_column(String(16))
+    content: Mapped[str] = mapped_column(Text)
+    agent_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("agents_agents.id", ondelete="SET NULL"), default=None
+    )
+    task_id: Mapped[UUID | None] = mapped_column(default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Task(IdMixin, TimestampMixin, Base):
+    """One run of an agent for one user message. `state` holds the conversation the run
+    has built so far (the LLM messages, tool calls and results, rejections), written after
+    every step, so a run paused for an approval or a client's tool result, or cut off by a
+    restart, goes on from where it stood."""
+
+    __tablename__ = "agents_tasks"
+    __table_args__ = (
+        Index("ix_agents_tasks_session_id_created_at", "session_id", "created_at"),
+        Index("ix_agents_tasks_agent_id_status", "agent_id", "status"),
+        Index("ix_agents_tasks_status", "status"),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID] = mapped_column(ForeignKey("agents_sessions.id", ondelete="CASCADE"))
+    agent_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("agents_agents.id", ondelete="SET NULL"), default=None
+    )
+    message_id: Mapped[UUID] = mapped_column()
+    # queued, running, waiting_approval, waiting_tool, completed, failed, cancelled
+    status: Mapped[str] = mapped_column(String(24), default="queued")
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+
+
+class Approval(IdMixin, Base):
+    """A tool call waiting for (or given) the user's decision."""
+
+    __tablename__ = "agents_approvals"
+    __table_args__ = (
+        Index("ix_agents_approvals_user_id_status_created_at", "user_id", "status", "created_at"),
+        Index("ix_agents_approvals_status_expires_at", "status", "expires_at"),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID] = mapped_column(ForeignKey("agents_sessions.id", ondelete="CASCADE"))
+    task_id: Mapped[UUID] = mapped_column(ForeignKey("agents_tasks.id", ondelete="CASCADE"))
+    agent_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("agents_agents.id", ondelete="SET NULL"), default=None
+    )
+    call_id: Mapped[str] = mapped_column(String(100))
+    tool: Mapped[str] = mapped_column(String(32))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    risk: Mapped[str] = mapped_column(String(8))
+    risk_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # pending, approved, rejected, expired, cancelled
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # user, batch, rule, policy, timeout, system
+    decided_by: Mapped[str | None] = mapped_column(String(16), default=None)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    warned_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class ApprovalRule(IdMixin, Base):
+    """A standing approval: calls of `tool` whose path matches `path_pattern` run without
+    asking, in one session (`session_id` set) or in the whole project."""
+
+    __tablename__ = "agents_approval_rules"
+    __table_args__ = (
+        Index("ix_agents_approval_rules_user_id_project_id", "user_id", "project_id"),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("agents_sessions.id", ondelete="CASCADE"), default=None
+    )
+    tool: Mapped[str] = mapped_column(String(32))
+    path_pattern: Mapped[str] = mapped_column(String(500))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class ApprovalPolicy(Base):
+    """A user's approval policy: `always` confirm, confirm what is at or above `threshold`
+    (`risky`), or `never` confirm; `auto_approve_low` lets LOW calls run at once."""
+
+    __tablename__ = "agents_approval_policies"
+
+    user_id: Mapped[UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    mode: Mapped[str] = mapped_column(String(16), default="risky")
+    threshold: Mapped[str] = mapped_column(String(8), default="MEDIUM")
+    auto_approve_low: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ClientToolCall(IdMixin, Base):
+    """A tool call an agent in client execution mode asked the user's machine to run."""
+
+    __tablename__ = "agents_tool_calls"
+    __table_args__ = (Index("ix_agents_tool_calls_status_expires_at", "status", "expires_at"),)
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID] = mapped_column(ForeignKey("agents_sessions.id", ondelete="CASCADE"))
+    task_id: Mapped[UUID] = mapped_column(ForeignKey("agents_tasks.id", ondelete="CASCADE"))
+    call_id: Mapped[str] = mapped_column(String(100))
+    tool: Mapped[str] = mapped_column(String(32))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # requested, completed, expired, cancelled
+    status: Mapped[str] = mapped_column(String(16), default="requested")
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column()
+    completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+
+class MemoryEntry(IdMixin, Base):
+    """The ledger of an agent's memory in one project: one row per remembered interaction,
+    its embedding in the kernel vector store under the same id."""
+
+    __tablename__ = "agents_memory"
+    __table_args__ = (
+        Index(
+            "ix_agents_memory_agent_id_project_id_created_at",
+            "agent_id",
+            "project_id",
+            "created_at",
+        ),
+    )
+
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    agent_id: Mapped[UUID] = mapped_column(ForeignKey("agents_agents.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))
+    success: Mapped[bool] = mapped_column(Boolean)
+    request: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

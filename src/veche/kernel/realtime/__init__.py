@@ -16,11 +16,13 @@ from veche.kernel.realtime.errors import (
 from veche.kernel.realtime.hub import Hub
 from veche.kernel.realtime.message import Member, Message, Position
 from veche.kernel.realtime.policy import ChannelCheck, ChannelPolicy
+from veche.kernel.realtime.transports.stream import FrameRenderer, ndjson_stream
 
 __all__ = [
     "ChannelCheck",
     "ChannelForbidden",
     "ChannelPolicy",
+    "FrameRenderer",
     "Hub",
     "InvalidChannel",
     "InvalidResumeToken",
@@ -31,4 +33,5 @@ __all__ = [
     "PublishForbidden",
     "TooManyChannels",
     "UnknownChannel",
+    "ndjson_stream",
 ]

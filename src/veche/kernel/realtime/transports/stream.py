@@ -10,7 +10,7 @@ token that opened the stream expires or its session is signed out.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Header, Query, Request
@@ -196,6 +196,42 @@ async def ndjson(
 
     return StreamingResponse(
         _frames(hub, connection, render, render_end),
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+# What an app's renderer gets: a hub frame (`message`, `subscribed`, ...) with the resume
+# token after it, `None` for a heartbeat; and the closing advice (`reconnect`/`reauth`).
+FrameRenderer = Callable[[dict[str, Any] | None, str | None], bytes]
+
+
+async def ndjson_stream(
+    request: Request,
+    user: User,
+    bearer: HTTPAuthorizationCredentials | None,
+    channels: list[str],
+    resume_token: str | None,
+    render: FrameRenderer,
+) -> StreamingResponse:
+    """An NDJSON stream of `channels` for an app's own endpoint, in the app's own frame
+    shape: the same authorization, resume, heartbeats and closing advice as `/stream`.
+    The app checks its own ownership rules first; the channel policy is checked here too."""
+    kernel = _kernel(request)
+    hub = kernel.realtime
+    connection = await _open(kernel, user, bearer, "ndjson", channels, resume_token or None)
+
+    def render_item(item: Outgoing | None) -> bytes:
+        if item is None:
+            return render(None, None)
+        return render(item.frame, hub.resume_token(item.positions))
+
+    def render_end(advice: dict[str, object], last: Outgoing | None) -> bytes:
+        token = advice.get("resume_token")
+        return render(dict(advice), token if isinstance(token, str) else None)
+
+    return StreamingResponse(
+        _frames(hub, connection, render_item, render_end),
         media_type="application/x-ndjson",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
