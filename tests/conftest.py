@@ -23,6 +23,8 @@ from veche.kernel.db import Base, create_engine
 from veche.migrate import upgrade
 from veche.settings import AuthSettings, Settings
 
+pytest_plugins = ["tests.fakes.openai_fixtures"]
+
 TEST_DATABASE_URL = os.environ.get("VECHE_TEST_DATABASE_URL")
 TEST_REDIS_URL = os.environ.get("VECHE_TEST_REDIS_URL")
 TEST_EVENTS_URL = os.environ.get("VECHE_TEST_EVENTS_URL")

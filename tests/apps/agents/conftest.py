@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apps.agents.chat_support import live_agents  # noqa: F401  (a fixture)
 from veche.apps.agents.tools import IsolationMode, Toolbox, Workspace, detect_isolation_mode
 
 BWRAP_AVAILABLE = detect_isolation_mode() is IsolationMode.BWRAP

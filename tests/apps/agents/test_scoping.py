@@ -4,13 +4,14 @@ query it builds is confined to one user."""
 from __future__ import annotations
 
 import ast
+import datetime as dt
 from importlib import resources
 from uuid import UUID
 
 from sqlalchemy.dialects import sqlite
 
 from veche.apps.agents.models import Agent, AgentVersion, Project
-from veche.apps.agents.repository import Scoped
+from veche.apps.agents.repository import MemoryQueries, Scoped
 
 # Building a statement, or running one (or a lookup by key) on the session directly.
 STATEMENT_BUILDERS = {"select", "delete", "update", "insert", "text", "func"}
@@ -63,3 +64,67 @@ def test_every_scoped_query_filters_by_the_user() -> None:
         )
     )
     assert f"agents_agent_versions.user_id = '{user_id.hex}'" in versions
+
+    memory = MemoryQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    other, moment = UUID(int=7), dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    memory_statements = [
+        memory.entries(other, other, type="chat", success=True, since=moment, until=moment),
+        memory.matching_ids_statement(other, other, type="chat", success=False),
+        memory.by_ids_statement([other]),
+        memory.entries_after_statement(other, None, (moment, other), 10),
+        memory.ids_beyond_statement(other, other, 5),
+        memory.ids_older_than_statement(other, None, moment),
+        memory.memory_projects_statement(other),
+        memory.delete_entries_statement([other]),
+        memory.delete_memory_statement(agent_id=other),
+        memory.delete_memory_statement(project_id=other),
+        memory.totals_statement(other, None),
+        memory.counts_by_type_statement(other, other),
+    ]
+    for statement in memory_statements:
+        compiled = str(
+            statement.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+        )
+        assert f"agents_memory.user_id = '{user_id.hex}'" in compiled, compiled
+
+    from veche.apps.agents.repository import ApprovalQueries
+
+    approvals = ApprovalQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    approval_statements = {
+        "agents_approvals": [
+            approvals.approvals(),
+            approvals.approvals(status="pending", session_id=other, task_id=other),
+            approvals.resolve_statement(
+                other, status="approved", decided_by="user", reason=None, now=moment
+            ),
+        ],
+        "agents_approval_rules": [approvals.rules(), approvals.rules(project_id=other)],
+        "agents_approval_policies": [approvals.policy_statement()],
+    }
+    for approval_table, approval_built in approval_statements.items():
+        for statement in approval_built:
+            sql = statement.compile(dialect=sqlite.dialect())
+            assert f"{approval_table}.user_id = ?" in str(sql), str(sql)
+            assert user_id in sql.params.values()
+
+    from veche.apps.agents.repository import HealthQueries
+
+    health = HealthQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    health_statements = {
+        "agents_agents": [
+            health.agent_statement(other),
+            health.status_statement(other, "busy", None, moment),
+        ],
+        "agents_tasks": [
+            health.working_statement(other),
+            health.counts_statement(other),
+            health.mean_statement(other),
+            health.ranked_statement(other, 3),
+        ],
+    }
+    for table, built in health_statements.items():
+        for statement in built:
+            compiled = str(
+                statement.compile(dialect=sqlite.dialect(), compile_kwargs={"literal_binds": True})
+            )
+            assert f"{table}.user_id = '{user_id.hex}'" in compiled, compiled

@@ -1,24 +1,31 @@
 """The agents app: the personal multi-agent AI platform.
 
-In progress. What exists: projects, each with a private workspace directory; agents with
-validated, versioned configurations; one scoping helper (`repository.Scoped`) that confines
-every query to the caller's own rows; and `veche.apps.agents.tools`, the tools an agent runs
-inside its project's workspace (files and commands, confined and isolated). Worker spaces,
-approvals, memory, chat and the session stream come next.
+Projects with private workspaces; agents with validated, versioned configurations, status,
+health and metrics; the tools they run inside a workspace (`tools`), behind approvals;
+their memory in the kernel vector store; worker spaces per (user, project); chat sessions
+in direct mode run by `runner.Runner`, with a resumable NDJSON event stream. Every query
+goes through `repository` and is confined to the caller. The orchestrator comes next.
 """
 
 from __future__ import annotations
 
 from veche.apps.agents import runtime
+from veche.apps.agents.approval_routes import router as approval_router
+from veche.apps.agents.chat_routes import router as chat_router
+from veche.apps.agents.health import health_job, spaces_ready
+from veche.apps.agents.memory_routes import router as memory_router
 from veche.apps.agents.routes import router
+from veche.apps.agents.space_routes import router as space_router
 from veche.apps.agents.stream import CHANNEL_PREFIX, SESSION_POLICY
 from veche.kernel import AppModule, Manifest
 
 module = AppModule(
     name="agents",
     manifest=Manifest.from_package("veche.apps.agents"),
-    routers=[router],
+    routers=[router, chat_router, approval_router, memory_router, space_router],
     channel_policies={CHANNEL_PREFIX: SESSION_POLICY},
     on_startup=[runtime.start],
     on_shutdown=[runtime.stop],
+    jobs=[health_job],
+    readiness={"spaces": spaces_ready},
 )

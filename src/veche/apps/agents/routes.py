@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import Depends, Path, Response, status
 
 from veche.apps.agents.models import Agent, AgentVersion, Project
+from veche.apps.agents.runtime import runtime_of
 from veche.apps.agents.schemas import (
     AgentConfig,
     AgentPatch,
@@ -45,11 +46,19 @@ NEWEST_FIRST = SortKey.parse("-created_at")
 async def project_service(
     session: DbSession, kernel: KernelDep, user: CurrentUser
 ) -> ProjectService:
-    return ProjectService(session, user.id, WorkspaceRoot(kernel.settings.data_dir))
+    runtime = runtime_of(kernel)
+    return ProjectService(
+        session,
+        user.id,
+        WorkspaceRoot(kernel.settings.data_dir),
+        runtime.memory,
+        spaces=runtime.spaces,
+    )
 
 
-async def agent_service(session: DbSession, user: CurrentUser) -> AgentService:
-    return AgentService(session, user.id)
+async def agent_service(session: DbSession, kernel: KernelDep, user: CurrentUser) -> AgentService:
+    runtime = runtime_of(kernel)
+    return AgentService(session, user.id, runtime.memory, spaces=runtime.spaces)
 
 
 Projects = Annotated[ProjectService, Depends(project_service)]

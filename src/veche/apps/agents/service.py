@@ -17,11 +17,14 @@ from veche.apps.agents.errors import (
     ProjectNameTaken,
     ProjectNotFound,
 )
+from veche.apps.agents.memory import AgentMemory
 from veche.apps.agents.models import Agent, AgentVersion, Project
 from veche.apps.agents.repository import Scoped
 from veche.apps.agents.schemas import AgentConfig, AgentPatch, ProjectCreate, ProjectUpdate
+from veche.apps.agents.spaces import WorkerSpaceManager
 from veche.apps.agents.workspace import WorkspaceRoot
 from veche.kernel import new_id, record, utcnow
+from veche.kernel.db import on_outcome
 
 
 def version_key(user_id: UUID, name: str, number: int) -> str:
@@ -29,11 +32,22 @@ def version_key(user_id: UUID, name: str, number: int) -> str:
 
 
 class ProjectService:
-    def __init__(self, session: AsyncSession, user_id: UUID, workspaces: WorkspaceRoot) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        user_id: UUID,
+        workspaces: WorkspaceRoot,
+        memory: AgentMemory | None = None,
+        *,
+        spaces: WorkerSpaceManager | None = None,
+    ) -> None:
         self.session = session
         self.user_id = user_id
         self.scoped = Scoped(session, user_id)
         self.workspaces = workspaces
+        self.spaces = spaces
+        # Without it, the rows still go by foreign-key cascade but the vectors stay.
+        self.memory = memory
 
     async def get(self, project_id: UUID) -> Project:
         project = await self.scoped.get(Project, project_id)
@@ -85,6 +99,10 @@ class ProjectService:
 
     async def delete(self, project_id: UUID) -> None:
         project = await self.get(project_id)
+        if self.memory is not None:
+            await self.memory.forget_project(
+                self.session, user_id=self.user_id, project_id=project.id
+            )
         await self.session.delete(project)
         record(
             self.session,
@@ -97,6 +115,9 @@ class ProjectService:
         await self.session.flush()
         # The files go when the row does: deleted after the commit, restored on rollback.
         await self.workspaces.discard(self.session, project.workspace)
+        if self.spaces is not None:
+            # A rollback costs only the space's counters: spaces are made again on use.
+            await self.spaces.release(self.user_id, project.id)
 
     async def _check_name(self, name: str, *, excluding: UUID | None = None) -> None:
         if await self.scoped.name_taken(Project, name, excluding=excluding):
@@ -110,10 +131,19 @@ class ProjectService:
 
 
 class AgentService:
-    def __init__(self, session: AsyncSession, user_id: UUID) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        user_id: UUID,
+        memory: AgentMemory | None = None,
+        *,
+        spaces: WorkerSpaceManager | None = None,
+    ) -> None:
         self.session = session
         self.user_id = user_id
         self.scoped = Scoped(session, user_id)
+        self.memory = memory
+        self.spaces = spaces
 
     async def get(self, agent_id: UUID) -> Agent:
         agent = await self.scoped.get(Agent, agent_id)
@@ -154,6 +184,8 @@ class AgentService:
     async def delete(self, agent_id: UUID) -> None:
         agent = await self.get(agent_id)
         await self.scoped.delete_versions(agent.id)
+        if self.memory is not None:
+            await self.memory.forget_agent(self.session, user_id=self.user_id, agent_id=agent.id)
         await self.session.delete(agent)
         record(
             self.session,
@@ -164,6 +196,7 @@ class AgentService:
             data={"name": agent.name, "version": agent.version},
         )
         await self.session.flush()
+        self._uncache_on_commit(agent.id)
 
     async def _new_version(self, agent: Agent, config: AgentConfig) -> Agent:
         if config.name != agent.name:
@@ -174,7 +207,15 @@ class AgentService:
         agent.updated_at = utcnow()
         self._add_version(agent, "agents.agent.updated")
         await self._flush(config.name)
+        self._uncache_on_commit(agent.id)
         return agent
+
+    def _uncache_on_commit(self, agent_id: UUID) -> None:
+        # After the commit, not now: a run reading the agent before then would cache the
+        # old configuration again.
+        if self.spaces is not None:
+            spaces, user_id = self.spaces, self.user_id
+            on_outcome(self.session, committed=lambda: spaces.invalidate_agent(user_id, agent_id))
 
     def _add_version(self, agent: Agent, action: str) -> None:
         self.session.add(

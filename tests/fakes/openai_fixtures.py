@@ -1,5 +1,6 @@
-"""Fixtures of the AI tests: the fake OpenAI-compatible server, started once per session and
-emptied of scripts and recorded requests before each test that uses it."""
+"""The fake OpenAI-compatible server as fixtures for every test (registered by the root
+conftest): started once per session, emptied of scripts and recorded requests before each
+test that uses it."""
 
 from __future__ import annotations
 
