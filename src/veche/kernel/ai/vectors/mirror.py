@@ -17,6 +17,9 @@ from veche.kernel.ai.vectors.checks import Vector, has_no_conditions, payload_ma
 K = TypeVar("K", bound=Hashable)
 Rows = npt.NDArray[np.intp]
 
+# A filter matching at least 1/SCORE_ALL_FRACTION of the rows scores them all in place.
+SCORE_ALL_FRACTION = 8
+
 
 class _Codebook(Generic[K]):
     """Small integer codes for the few distinct apps, users and scopes."""
@@ -182,7 +185,12 @@ class Mirror:
             rows = self.rows_matching(filter)
             if rows.size == 0:
                 return []
-            scores = self.matrix[rows] @ query
+            if rows.size * SCORE_ALL_FRACTION >= self.size:
+                # Most rows match: scoring the whole matrix in place and picking the scores
+                # is cheaper than copying the matching rows out first.
+                scores = (self.matrix[: self.size] @ query)[rows]
+            else:
+                scores = self.matrix[rows] @ query
         if min_score is not None:
             kept = np.flatnonzero(scores >= min_score)
             rows = kept if rows is None else rows[kept]
