@@ -1,0 +1,217 @@
+"""Direct-mode overhead: what a chat message costs beyond the model's own answer.
+
+    .venv/bin/python bench/agents_direct.py [--messages 100] [--delay-ms 50]
+        [--embeddings fake|local]
+
+One process, a migrated SQLite database in a temporary directory, the agents app with its
+runner, and the fake OpenAI-compatible server of the tests answering every chat call after
+`--delay-ms`. For each message: POST it (in-process ASGI), then wait on the session's hub
+channel until TASK_COMPLETED. That time covers the request, the queue, the runner's claim,
+memory recall, history, the gateway call, storing the answer and the interaction, and the
+events.
+
+Baseline, measured in the same run: the same number of bare gateway calls
+(`kernel.ai.llm.chat`) to the same fake server with the same delay. Overhead = the run's
+percentile minus the baseline's.
+
+`--embeddings fake` embeds through the fake server too (a hash, no model), so the figure
+is our own cost; `local` uses the packaged e5 model for memory (two embeddings per message:
+the query for recall and the interaction stored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import httpx
+from fastapi import FastAPI
+
+from common import RESULTS, ROOT, log
+
+sys.path.insert(0, str(ROOT))  # the tests' fake OpenAI server
+
+from tests.fakes.openai_server import MODEL, ChatReply, FakeOpenAI
+from tests.helpers import signed_up
+
+from veche.apps.agents import module as agents_module
+from veche.apps.agents.stream import session_channel
+from veche.kernel import build_app
+from veche.kernel.ai.types import Message
+from veche.kernel.identity.models import User
+from veche.kernel.realtime.hub import CLOSED, Outgoing
+from veche.migrate import upgrade
+from veche.settings import AgentsSettings, AISettings, Settings
+
+PREFIX = "/api/v1/agents"
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * len(ordered)) - 1)]
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(p95 * 1000, 2),
+    }
+
+
+def settings_for(tmp: str, fake: FakeOpenAI, embeddings: str) -> Settings:
+    values: dict[str, Any] = {
+        "_env_file": None,
+        "env": "test",
+        "data_dir": Path(tmp),
+        "database_url": f"sqlite+aiosqlite:///{tmp}/bench.db",
+        "secret_key": "bench-secret-key-that-is-long-enough-0123456789",
+        "log_level": "warning",
+        "rate_limits": {
+            "default": "100000/minute",
+            "auth": "1000/minute",
+            "agents_messages": "100000/minute",
+        },
+        "llm_provider": "openai",
+        "llm_base_url": fake.base_url,
+        "llm_model": MODEL,
+        "llm_api_key": "sk-bench",
+        "agents": AgentsSettings(runner_poll_seconds=1.0),
+    }
+    if embeddings == "fake":
+        values |= {
+            "embeddings_provider": "openai",
+            "embeddings_base_url": fake.base_url,
+            "embeddings_model": "fake-embedding",
+            "embeddings_api_key": "sk-bench",
+            "ai": AISettings(embedding_dimensions=fake.embedding_dimensions),
+        }
+    return Settings(**values)
+
+
+async def completed(connection: Any) -> None:
+    while True:
+        item = await connection.next(30.0)
+        if item is CLOSED or item is None:
+            raise RuntimeError("the session stream ended or went quiet")
+        if isinstance(item, Outgoing) and item.frame.get("type") == "message":
+            data = item.frame["data"]
+            if data["event_type"] == "TASK_COMPLETED":
+                assert data["payload"]["status"] == "completed", data
+                return
+
+
+async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="veche-direct-") as tmp:
+        settings = settings_for(tmp, fake, args.embeddings)
+        await upgrade(settings)
+        app: FastAPI = build_app(settings, [agents_module])
+        kernel = app.state.kernel
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://bench") as http:
+                tokens = await signed_up(http, "bench@example.com", "Bench")
+                headers = {"Authorization": f"Bearer {tokens['access_token']}"}
+
+                async def made(path: str, body: dict[str, Any]) -> dict[str, Any]:
+                    response = await http.post(f"{PREFIX}{path}", json=body, headers=headers)
+                    assert response.status_code == 201, response.text
+                    created: dict[str, Any] = response.json()
+                    return created
+
+                project = await made("/projects", {"name": "Bench"})
+                agent = await made("/agents", {"name": "bench", "system_prompt": "Be brief."})
+                chat = await made(f"/projects/{project['id']}/sessions", {})
+                async with kernel.db.unit_of_work() as session:
+                    user = await session.get(User, UUID(tokens["user"]["id"]))
+                    assert user is not None
+                    session.expunge(user)
+                connection = kernel.realtime.open(user, "bench")
+                await kernel.realtime.subscribe(
+                    connection, session_channel(user.id, UUID(chat["id"]))
+                )
+                url = f"{PREFIX}/projects/{project['id']}/sessions/{chat['id']}/messages"
+                delay = args.delay_ms / 1000
+                fake.script("chat", *[ChatReply(content="ok", delay=delay)] * (args.messages + 5))
+                # Warm-up: the first message loads models and fills caches.
+                for n in range(3):
+                    response = await http.post(
+                        url,
+                        json={"content": f"warm-up {n}", "target_agent": agent["id"]},
+                        headers=headers,
+                    )
+                    assert response.status_code == 202, response.text
+                    await completed(connection)
+                runs: list[float] = []
+                for n in range(args.messages):
+                    started = time.perf_counter()
+                    response = await http.post(
+                        url,
+                        json={"content": f"question {n}: what next?", "target_agent": agent["id"]},
+                        headers=headers,
+                    )
+                    assert response.status_code == 202, response.text
+                    await completed(connection)
+                    runs.append(time.perf_counter() - started)
+                kernel.realtime.disconnect(connection)
+
+                fake.script("chat", *[ChatReply(content="ok", delay=delay)] * args.messages)
+                bare: list[float] = []
+                for n in range(args.messages):
+                    started = time.perf_counter()
+                    await kernel.ai.llm.chat(
+                        [Message.system("Be brief."), Message.user(f"question {n}: what next?")],
+                        app="agents",
+                    )
+                    bare.append(time.perf_counter() - started)
+        finally:
+            await lifespan.__aexit__(None, None, None)
+    run_p, bare_p = percentiles(runs), percentiles(bare)
+    return {
+        "messages": args.messages,
+        "delay_ms": args.delay_ms,
+        "embeddings": args.embeddings,
+        "direct_mode": run_p,
+        "baseline_gateway_call": bare_p,
+        "overhead_p50_ms": round(run_p["p50_ms"] - bare_p["p50_ms"], 2),
+        "overhead_p95_ms": round(run_p["p95_ms"] - bare_p["p95_ms"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=100)
+    parser.add_argument("--delay-ms", type=int, default=50)
+    parser.add_argument("--embeddings", choices=["fake", "local"], default="fake")
+    args = parser.parse_args()
+    fake = FakeOpenAI(embedding_dimensions=16)
+    with fake.running():
+        results = asyncio.run(run(args, fake))
+    print("| per message | p50 ms | p95 ms |\n|---|---|---|")
+    print(
+        f"| baseline: bare gateway call | {results['baseline_gateway_call']['p50_ms']} | "
+        f"{results['baseline_gateway_call']['p95_ms']} |"
+    )
+    print(
+        f"| direct mode, POST to TASK_COMPLETED | {results['direct_mode']['p50_ms']} | "
+        f"{results['direct_mode']['p95_ms']} |"
+    )
+    print(
+        f"| our overhead (difference) | {results['overhead_p50_ms']} | "
+        f"{results['overhead_p95_ms']} |"
+    )
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    path = RESULTS / f"agents_direct-{args.embeddings}-{stamp}.json"
+    path.write_text(json.dumps(results, indent=2))
+    log(f"raw results: {path}")
+
+
+if __name__ == "__main__":
+    main()
