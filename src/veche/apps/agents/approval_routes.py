@@ -12,17 +12,16 @@ from uuid import UUID
 from fastapi import Depends, Query, Response, status
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
+from veche.apps.agents.approval_policy import RULE_TOOLS, normalize_pattern
 from veche.apps.agents.approvals import (
     MAX_BATCH_IDS,
     MAX_REASON,
-    RULE_TOOLS,
     ApprovalMetrics,
     ApprovalService,
     ApprovalStatus,
     PolicyMode,
     RuleScope,
     Threshold,
-    normalize_pattern,
 )
 from veche.apps.agents.models import Approval, ApprovalPolicy, ApprovalRule
 from veche.apps.agents.runtime import runtime_of

@@ -3,6 +3,7 @@ jobs and readiness check reach through `runtime_of(kernel)`."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -65,9 +66,11 @@ async def start(kernel: Kernel) -> None:
     )
     if kernel.settings.role in ("worker", "all"):
         from veche.apps.agents.runner import Runner  # imports the app's services
+        from veche.apps.agents.tools import detect_isolation_mode
 
         runtime = kernel.apps[APP]
-        runtime.runner = Runner(runtime)
+        isolation = await asyncio.to_thread(detect_isolation_mode)
+        runtime.runner = Runner(runtime, isolation)
         runtime.wakers.append(runtime.runner.wake)
         runtime.runner.start()
 

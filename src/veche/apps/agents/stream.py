@@ -87,7 +87,8 @@ class SessionEvents:
     async def publish(
         self, user_id: UUID, session_id: UUID, event_type: str, payload: dict[str, Any]
     ) -> None:
-        """Publish now (after whatever is already queued) and wait until the hub has it."""
+        """Publish now, after whatever is already queued, and wait until the hub has taken
+        it (or failed to: that is logged, not raised)."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._put(user_id, session_id, event_type, payload, done)
         await done
@@ -127,12 +128,11 @@ class SessionEvents:
                 await self.hub.publish(item.channel, item.data, event=item.event_type)
             except Exception as exc:  # the stream is best effort; the rows are the record
                 log.warning("session_event_failed", event_type=item.event_type, error=str(exc))
-                if item.done is not None and not item.done.done():
-                    item.done.set_exception(exc)
-            else:
+            finally:
+                # A publisher waits for its turn, not for success: a hub outage must not
+                # fail the run that produced the event.
                 if item.done is not None and not item.done.done():
                     item.done.set_result(None)
-            finally:
                 self._queue.task_done()
 
     async def flush(self) -> None:

@@ -1,0 +1,177 @@
+"""Agent status, health and task metrics."""
+
+from __future__ import annotations
+
+import datetime as dt
+from uuid import UUID
+
+from sqlalchemy import ColumnElement, Select, Update, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.apps.agents.models import (
+    Agent,
+    Task,
+)
+
+# -- agent health and metrics -----------------------------------------------------------
+
+# The task states in which an agent is working; paused tasks (waiting for an approval or a
+# client's tool result) do not keep it busy.
+WORKING_TASK_STATES = ("running",)
+FINISHED_TASK_STATES = ("completed", "failed", "cancelled")
+
+
+class HealthQueries:
+    """One user's agent statuses and task figures. Every statement is built by a method
+    here that filters by the user, so the scoping test can check each one."""
+
+    def __init__(self, session: AsyncSession, user_id: UUID) -> None:
+        self.session = session
+        self.user_id = user_id
+
+    def agent_statement(self, agent_id: UUID) -> Select[Agent]:
+        return select(Agent).where(Agent.user_id == self.user_id, Agent.id == agent_id)
+
+    def working_statement(self, agent_id: UUID) -> Select[int]:
+        return select(func.count()).where(
+            Task.user_id == self.user_id,
+            Task.agent_id == agent_id,
+            Task.status.in_(WORKING_TASK_STATES),
+        )
+
+    def status_statement(
+        self, agent_id: UUID, status: str, reason: str | None, now: dt.datetime
+    ) -> Update:
+        # `updated_at` is kept: it says when the configuration last changed, not the status.
+        return (
+            update(Agent)
+            .where(Agent.user_id == self.user_id, Agent.id == agent_id)
+            .values(
+                status=status,
+                status_reason=reason,
+                status_changed_at=now,
+                updated_at=Agent.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    def counts_statement(self, agent_id: UUID) -> Select[str, int]:
+        return (
+            select(Task.status, func.count())
+            .where(Task.user_id == self.user_id, Task.agent_id == agent_id)
+            .group_by(Task.status)
+        )
+
+    def _timed(self, agent_id: UUID) -> tuple[ColumnElement[bool], ...]:
+        return (
+            Task.user_id == self.user_id,
+            Task.agent_id == agent_id,
+            Task.status.in_(FINISHED_TASK_STATES),
+            Task.duration_ms.is_not(None),
+        )
+
+    def mean_statement(self, agent_id: UUID) -> Select[int, float | None]:
+        return select(func.count(), func.avg(Task.duration_ms)).where(*self._timed(agent_id))
+
+    def ranked_statement(self, agent_id: UUID, rank: int) -> Select[int | None]:
+        """The `rank`-th shortest duration (1-based)."""
+        return (
+            select(Task.duration_ms)
+            .where(*self._timed(agent_id))
+            .order_by(Task.duration_ms)
+            .offset(rank - 1)
+            .limit(1)
+        )
+
+    async def lock_agent(self, agent_id: UUID) -> Agent | None:
+        """The agent's row, locked until the transaction ends (PostgreSQL; SQLite has one
+        writer anyway), so two tasks of one agent change its status one after the other."""
+        row: Agent | None = await self.session.scalar(
+            self.agent_statement(agent_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        return row
+
+    async def working_tasks(self, agent_id: UUID) -> int:
+        return int(await self.session.scalar(self.working_statement(agent_id)) or 0)
+
+    async def set_status(
+        self, agent_id: UUID, status: str, reason: str | None, now: dt.datetime
+    ) -> None:
+        await self.session.execute(self.status_statement(agent_id, status, reason, now))
+
+    async def task_counts(self, agent_id: UUID) -> dict[str, int]:
+        """The agent's tasks by status."""
+        rows = await self.session.execute(self.counts_statement(agent_id))
+        return {status: int(count) for status, count in rows.all()}
+
+    async def durations(self, agent_id: UUID) -> tuple[int, float | None, int | None]:
+        """Over the agent's finished tasks with a duration: how many, the mean and the
+        95th percentile (nearest rank) in milliseconds."""
+        row = (await self.session.execute(self.mean_statement(agent_id))).one()
+        count, mean = int(row[0] or 0), (float(row[1]) if row[1] is not None else None)
+        if not count:
+            return 0, None, None
+        rank = -(-95 * count // 100)  # ceil(0.95 * count)
+        p95 = await self.session.scalar(self.ranked_statement(agent_id, rank))
+        return count, mean, p95
+
+
+class SystemQueries:
+    """For the agents' health job only: statuses across all users. Nothing a request
+    serves may use this class."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def failed_agents(self, since_before: dt.datetime) -> list[Agent]:
+        """Agents in `error` since before `since_before`."""
+        rows = await self.session.scalars(
+            select(Agent).where(
+                Agent.status == "error",
+                Agent.status_changed_at.is_(None) | (Agent.status_changed_at <= since_before),
+            )
+        )
+        return list(rows.all())
+
+    async def recover(
+        self, agent_id: UUID, changed_at: dt.datetime | None, now: dt.datetime
+    ) -> bool:
+        """Put an agent back to `ready` if it is still in the error the job looked at."""
+        outcome = await self.session.execute(
+            update(Agent)
+            .where(
+                Agent.id == agent_id,
+                Agent.status == "error",
+                Agent.status_changed_at == changed_at,
+            )
+            .values(
+                status="ready",
+                status_reason=None,
+                status_changed_at=now,
+                updated_at=Agent.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(outcome, "rowcount", 0) or 0) == 1
+
+    async def release_idle_busy(self, now: dt.datetime) -> int:
+        """`busy` agents with no working task (a crash left them so) back to `ready`."""
+        working = (
+            select(Task.id)
+            .where(Task.agent_id == Agent.id, Task.status.in_(WORKING_TASK_STATES))
+            .exists()
+        )
+        outcome = await self.session.execute(
+            update(Agent)
+            .where(Agent.status == "busy", ~working)
+            .values(
+                status="ready",
+                status_reason=None,
+                status_changed_at=now,
+                updated_at=Agent.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(outcome, "rowcount", 0) or 0)
