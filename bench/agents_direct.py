@@ -95,7 +95,10 @@ def settings_for(tmp: str, fake: FakeOpenAI, embeddings: str) -> Settings:
 
 async def completed(connection: Any) -> None:
     while True:
-        item = await connection.next(30.0)
+        try:
+            item = await asyncio.wait_for(connection.next(), 30.0)
+        except TimeoutError:
+            item = None
         if item is CLOSED or item is None:
             raise RuntimeError("the session stream ended or went quiet")
         if isinstance(item, Outgoing) and item.frame.get("type") == "message":

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/realtime_fanout.py [--connections 1000] [--duration 15]
         [--interval 0.1] [--transport sse|ndjson|both] [--repetitions 3] [--no-pin]
+        [--scenarios one many] [--no-gc-tuning]
 
 The driver migrates a fresh SQLite database and, for every measured run, starts a fresh
 uvicorn server (the kernel plus `bench/bench_app`, through `bench/bench_server.py`; one
@@ -310,6 +311,7 @@ async def load(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
 async def baseline(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
     sys.path.insert(0, str(BENCH))
     from bench_app import module as bench_module
+    from veche.kernel.collector import tune_collector
     from veche.kernel.db import new_id
     from veche.kernel.identity.models import User
     from veche.kernel.realtime import Hub
@@ -317,7 +319,8 @@ async def baseline(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
     from veche.settings import load_settings
 
     stats = Stats("in-process", args.scenario, "hub", args.connections)
-    hub = Hub.from_settings(load_settings(), b"b" * 32)
+    settings = load_settings()
+    hub = Hub.from_settings(settings, b"b" * 32)
     hub.policies.register_all(bench_module.channel_policies, owner="app 'bench'")
     await hub.start()
     latencies: list[int] = []
@@ -328,7 +331,7 @@ async def baseline(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
 
     async def drain(connection: Connection, index: int) -> None:
         while True:
-            item = await connection.next(1.0)
+            item = await connection.next()
             now = time.time_ns()
             if item is CLOSED:
                 stats.ended_early += 1
@@ -347,6 +350,8 @@ async def baseline(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
         await hub.subscribe(connection, channels[index])
         await asyncio.sleep(0)
     stats.subscribed = args.connections
+    if settings.gc_tuning:  # as the server's lifespan does once it has started
+        tune_collector(settings)
     # Warm-up, as in the load: until every subscriber got the latest unrecorded tick.
     warm = 0
     deadline = time.monotonic() + 120
@@ -525,6 +530,7 @@ def drive(args: argparse.Namespace) -> None:
         env.update(SERVER_ENV)
         env["VECHE_DATA_DIR"] = str(workdir)
         env["VECHE_REALTIME__QUEUE_SIZE"] = str(args.queue_size)
+        env["VECHE_GC_TUNING"] = "false" if args.no_gc_tuning else "true"
         env["PYTHONPATH"] = os.pathsep.join([str(BENCH), env.get("PYTHONPATH", "")]).rstrip(
             os.pathsep
         )
@@ -533,7 +539,7 @@ def drive(args: argparse.Namespace) -> None:
         )
         registered = False
         for repetition in range(args.repetitions):
-            for scenario in ("one", "many"):
+            for scenario in args.scenarios:
                 log(f"rep {repetition + 1}: {scenario}, in-process baseline")
                 runs.setdefault(f"{scenario}/hub", []).append(
                     run_role(
@@ -590,8 +596,20 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between ticks")
     parser.add_argument("--transport", choices=["sse", "ndjson", "both"], default="both")
     parser.add_argument("--scenario", choices=["one", "many"], default="one")
+    parser.add_argument(
+        "--scenarios",
+        nargs="+",
+        choices=["one", "many"],
+        default=["one", "many"],
+        help="scenarios the driver runs",
+    )
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--no-gc-tuning",
+        action="store_true",
+        help="VECHE_GC_TUNING=false for the server and the baseline (the collector's defaults)",
+    )
     parser.add_argument(
         "--queue-size",
         type=int,

@@ -63,6 +63,9 @@ def make_settings(data_dir: Path, database_url: str, **overrides: Any) -> Settin
         "log_level": "warning",
         "rate_limits": GENEROUS_LIMITS,
         "auth": AuthSettings(**auth),
+        # A full collection per app start would add minutes to the suite; covered by its
+        # own test.
+        "gc_tuning": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

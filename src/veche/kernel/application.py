@@ -17,6 +17,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from veche.kernel import admin
 from veche.kernel.ai.routes import router as ai_router
+from veche.kernel.collector import tune_collector
 from veche.kernel.errors import install_error_handlers
 from veche.kernel.events.routes import router as events_admin_router
 from veche.kernel.http import RequestMiddleware
@@ -89,9 +90,12 @@ def _lifespan(
         else:
             await kernel.events.start(kernel, consume=False)  # the relay only
         log.info("started", apps=[module.name for module in modules], role=settings.role)
+        untune = tune_collector(settings) if settings.gc_tuning else None
         try:
             yield
         finally:
+            if untune is not None:
+                untune()
             # First: open streams hold uvicorn's shutdown until they end.
             await kernel.realtime.stop()
             await scheduler.stop()

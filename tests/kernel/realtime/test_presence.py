@@ -102,3 +102,28 @@ async def test_a_channel_without_presence_sends_no_joins_or_leaves(live: Live) -
 async def test_presence_of_a_channel_no_policy_covers_is_refused(live: Live) -> None:
     with pytest.raises(UnknownChannel):
         await live.in_server(live.hub.presence("nowhere:1"))
+
+
+async def test_a_busy_connection_keeps_its_presence_past_the_ttl(
+    live_factory: Callable[..., Live],
+) -> None:
+    # Messages keep both connections busy, so neither ever gets a heartbeat: presence is
+    # still refreshed by the hub's pulse, and nobody is announced as leaving.
+    live = live_factory(heartbeat_seconds=0.2, presence_ttl_seconds=0.6)
+    ann = await live.account("ann@example.com")
+    bob = await live.account("bob@example.com")
+    async with live.ws(ann) as watcher, live.ws(bob) as visitor:
+        await watcher.subscribe("room:lobby")
+        await visitor.subscribe("room:lobby")
+        for n in range(30):  # 1.5 s: two and a half presence TTLs
+            await live.publish("room:lobby", n)
+            await asyncio.sleep(0.05)
+        members = await live.in_server(live.hub.presence("room:lobby"))
+        assert {member.connection_id for member in members} == {
+            watcher.connection_id,
+            visitor.connection_id,
+        }
+        await watcher.send({"type": "ping"})
+        seen = await _frames_until(watcher, lambda frame: frame["type"] == "pong")
+        assert [frame["action"] for frame in seen if frame["type"] == "presence"] == ["join"]
+        assert sum(frame["type"] == "message" for frame in seen) == 30

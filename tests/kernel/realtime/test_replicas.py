@@ -5,6 +5,7 @@ Runs when `VECHE_TEST_REDIS_URL` is set; skips otherwise.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -115,3 +116,24 @@ async def test_a_stream_ended_by_token_expiry_resumes_on_another_replica(
         assert (await reader.next_of("subscribed")).data["recovered"] is True
         missed: list[Any] = [(await reader.next_of("message")).data["data"] for _ in range(2)]
         assert missed == [2, 3]
+
+
+async def test_refresh_extends_entries_that_exist_and_revives_none() -> None:
+    from veche.kernel.realtime import Member
+    from veche.kernel.realtime.backends.redis import RedisBackend
+
+    settings = RealtimeSettings(presence_ttl_seconds=0.5, namespace=f"test-{new_id().hex[:12]}")
+    backend = RedisBackend(TEST_REDIS_URL, settings)
+    await backend.start(lambda _item: None)
+    stays, gone = Member("connection-1", "user-1"), Member("connection-2", "user-2")
+    try:
+        await backend.join("room:lobby", stays)
+        await backend.join("room:lobby", gone)
+        await backend.leave("room:lobby", gone)
+        for _ in range(4):  # 1.2 s in all: past the TTL only for an unrefreshed entry
+            await asyncio.sleep(0.3)
+            await backend.refresh([("room:lobby", stays), ("room:lobby", gone)])
+        assert await backend.members("room:lobby") == [stays]
+    finally:
+        await backend.leave("room:lobby", stays)
+        await backend.close()

@@ -12,6 +12,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from veche.kernel.realtime.backends import Backend
 from veche.kernel.realtime.errors import PresenceDisabled, RealtimeStopping, TooManyChannels
 from veche.kernel.realtime.message import (
     EVENT_PATTERN,
+    EncodedFrames,
     Member,
     Message,
     Position,
@@ -76,11 +78,22 @@ class _Closed:
     pass
 
 
+class _Heartbeat:
+    pass
+
+
 CLOSED = _Closed()
+HEARTBEAT = _Heartbeat()  # nothing was sent for a while: the transport says it is alive
+Item = Outgoing | _Heartbeat | _Closed
 
 
 class Connection:
-    """One client connection: its user, subscriptions, positions and bounded queue."""
+    """One client connection: its user, subscriptions, positions and bounded queue.
+
+    The queue is a deque with one waiter: a transport awaits `next()` with no timer of its
+    own (the hub's pulse queues `HEARTBEAT` into idle connections), so delivering a frame
+    costs one append and, when the transport was waiting, one wake-up.
+    """
 
     def __init__(self, user: User, transport: str, queue_size: int) -> None:
         self.id = new_id().hex
@@ -93,9 +106,12 @@ class Connection:
         self.close_reason: str | None = None
         self.final_frame: dict[str, Any] | None = None
         self.expires_at: float | None = None  # its access token's `exp`, Unix seconds
+        self.last_queued = time.monotonic()  # when a frame was last queued
         self._auth_timer: asyncio.TimerHandle | None = None
         self._auth_generation = 0
-        self._queue: asyncio.Queue[Outgoing | _Closed] = asyncio.Queue(queue_size)
+        self._limit = queue_size
+        self._items: deque[Item] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._pending: dict[str, list[Message]] = {}
 
     @property
@@ -105,17 +121,29 @@ class Connection:
     def _snapshot(self) -> tuple[tuple[str, Position], ...]:
         return tuple(self.positions.items())
 
+    def _push(self, item: Item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
     def send(self, frame: dict[str, Any]) -> bool:
         """Queue a frame; a full queue closes the connection (it resumes from its offset)."""
         if self.closing:
             return False
-        try:
-            self._queue.put_nowait(Outgoing(frame, self._snapshot()))
-        except asyncio.QueueFull:
-            metrics.DROPPED.labels(self.transport, "slow_consumer").inc(self._queue.qsize())
+        if len(self._items) >= self._limit:
+            metrics.DROPPED.labels(self.transport, "slow_consumer").inc(len(self._items))
             self.close("slow_consumer")
             return False
+        self.last_queued = time.monotonic()
+        self._push(Outgoing(frame, self._snapshot()))
         return True
+
+    def heartbeat(self) -> None:
+        """Queue a heartbeat unless something is already waiting to be sent."""
+        if not self.closing and not self._items:
+            self.last_queued = time.monotonic()
+            self._push(HEARTBEAT)
 
     def offer(self, message: Message, frame: dict[str, Any] | None = None) -> bool:
         """Queue a channel message unless the client already has it. `frame` is the
@@ -147,26 +175,41 @@ class Connection:
         self.close_reason = reason
         self.final_frame = final
         self._cancel_auth_timer()
-        while not self._queue.empty():
-            self._queue.get_nowait()
-        self._queue.put_nowait(CLOSED)
+        self._items.clear()
+        self._push(CLOSED)
 
     def _cancel_auth_timer(self) -> None:
         if self._auth_timer is not None:
             self._auth_timer.cancel()
             self._auth_timer = None
 
-    async def next(self, wait: float) -> Outgoing | _Closed | None:
-        """The next frame, `CLOSED` when the connection is ending, `None` after `wait` s."""
-        try:
-            return self._queue.get_nowait()  # no timer when a frame is already waiting
-        except asyncio.QueueEmpty:
-            pass
-        try:
-            async with asyncio.timeout(wait):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
+    async def next(self) -> Item:
+        """The next item: a frame, `HEARTBEAT`, or `CLOSED` (which stays: the connection
+        is over)."""
+        items = self._items
+        while not items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = items[0]
+        if item is not CLOSED:
+            items.popleft()
+        return item
+
+    def ready(self, limit: int) -> list[Outgoing]:
+        """Up to `limit` more frames already queued (none past a heartbeat or the end), for
+        a transport that writes several in one go."""
+        taken: list[Outgoing] = []
+        items = self._items
+        while items and len(taken) < limit:
+            item = items[0]
+            if not isinstance(item, Outgoing):
+                break
+            items.popleft()
+            taken.append(item)
+        return taken
 
 
 class Hub:
@@ -182,11 +225,12 @@ class Hub:
         self._connections: set[Connection] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []
         self._stopping = False
         self._drained = asyncio.Event()
         self._previous_handlers: dict[int, Any] = {}
         self._token_cache: dict[tuple[tuple[str, Position], ...], str] = {}
+        self.encoded = EncodedFrames()
 
     @classmethod
     def from_settings(cls, settings: Settings, key: bytes) -> Hub:
@@ -212,7 +256,10 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._stopping = False
         await self.backend.start(self._deliver)
-        self._sweeper = asyncio.create_task(self._sweep_forever(), name="realtime-sweeper")
+        self._background = [
+            asyncio.create_task(self._sweep_forever(), name="realtime-sweeper"),
+            asyncio.create_task(self._pulse_forever(), name="realtime-pulse"),
+        ]
         self._hook_signals()
 
     def _hook_signals(self) -> None:
@@ -263,11 +310,11 @@ class Hub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_timeout_seconds)
         self._unhook_signals()
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in self._background:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
+                await task
+        self._background = []
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_timeout_seconds)
         await self.backend.close()
@@ -280,6 +327,34 @@ class Hub:
                 await self.backend.sweep()
             except Exception as exc:  # a backend hiccup must not end the sweeper
                 log.warning("realtime_sweep_failed", error=str(exc))
+
+    async def _pulse_forever(self) -> None:
+        """Heartbeats for idle connections and presence refreshes for all, from one timer
+        instead of one per connection. A connection idle for about `heartbeat_seconds`
+        gets a heartbeat (never more than that apart); every present connection's entries
+        are refreshed once per `heartbeat_seconds`, busy or not."""
+        heartbeat = self.settings.heartbeat_seconds
+        interval = heartbeat / 5
+        refreshed = time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            idle_since = now - heartbeat + interval
+            for connection in self._connections:
+                if connection.last_queued <= idle_since:
+                    connection.heartbeat()
+            if now - refreshed >= heartbeat:
+                refreshed = now
+                entries = [
+                    (channel, connection.member)
+                    for connection in self._connections
+                    for channel in connection.present
+                ]
+                if entries:
+                    try:
+                        await self.backend.refresh(entries)
+                    except Exception as exc:  # entries then expire by their TTL
+                        log.warning("realtime_refresh_failed", error=str(exc))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -408,10 +483,6 @@ class Hub:
         if channel in connection.channels:
             self._forget(connection, channel)
             connection.positions.pop(channel, None)
-
-    async def refresh_presence(self, connection: Connection) -> None:
-        for channel in list(connection.present):
-            await self.backend.refresh(channel, connection.member)
 
     # -- access-token expiry -----------------------------------------------------------
 

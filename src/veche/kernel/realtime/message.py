@@ -7,7 +7,7 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -122,6 +122,36 @@ class PresenceEvent:
             "action": self.action,
             **self.member.frame(),
         }
+
+
+# Encoded frames kept per process; cleared whole when full.
+_ENCODED_CACHE_SIZE = 2048
+
+
+class EncodedFrames:
+    """The bytes of a (frame, resume token) pair in one wire format, encoded once for every
+    stream that sends the same pair: all subscribers of a one-channel stream get the same
+    frame object and token for a message, so a fan-out to N streams encodes it once."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, int, str], tuple[dict[str, Any], bytes]] = {}
+
+    def get(
+        self,
+        kind: str,
+        frame: dict[str, Any],
+        token: str,
+        encode: Callable[[dict[str, Any], str], bytes],
+    ) -> bytes:
+        key = (kind, id(frame), token)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] is frame:  # the same object, not a reused id
+            return entry[1]
+        data = encode(frame, token)
+        if len(self._entries) >= _ENCODED_CACHE_SIZE:
+            self._entries.clear()
+        self._entries[key] = (frame, data)
+        return data
 
 
 def _b64(raw: bytes) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +71,12 @@ class MemoryBackend:
         self._presence.setdefault(channel, {})[member.connection_id] = (member, expires)
         self._emit(PresenceEvent(channel, "join", member))
 
-    async def refresh(self, channel: str, member: Member) -> None:
-        entries = self._presence.get(channel)
-        if entries is not None and member.connection_id in entries:
-            expires = time.monotonic() + self.settings.presence_ttl_seconds
-            entries[member.connection_id] = (member, expires)
+    async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
+        expires = time.monotonic() + self.settings.presence_ttl_seconds
+        for channel, member in entries:
+            present = self._presence.get(channel)
+            if present is not None and member.connection_id in present:
+                present[member.connection_id] = (member, expires)
 
     async def leave(self, channel: str, member: Member) -> None:
         entries = self._presence.get(channel, {})

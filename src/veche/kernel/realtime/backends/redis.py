@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -44,6 +45,17 @@ redis.call('PUBLISH', KEYS[3], 'm' .. body)
 return {epoch, offset}
 """
 
+# Sets each (key, field) to its new value only where the field still exists.
+_REFRESH = """
+for i, key in ipairs(KEYS) do
+  if redis.call('HEXISTS', key, ARGV[2 * i - 1]) == 1 then
+    redis.call('HSET', key, ARGV[2 * i - 1], ARGV[2 * i])
+  end
+end
+return #KEYS
+"""
+_REFRESH_BATCH = 500
+
 _READ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
@@ -70,6 +82,7 @@ class RedisBackend:
         self._presence_channels = f"{prefix}:presence-channels"
         self._append = self._client.register_script(_APPEND)
         self._read = self._client.register_script(_READ)
+        self._refresh = self._client.register_script(_REFRESH)
         self._deliver: Deliver | None = None
         self._listener: asyncio.Task[None] | None = None
 
@@ -168,10 +181,15 @@ class RedisBackend:
             await pipe.execute()
         await self._announce(channel, "join", member)
 
-    async def refresh(self, channel: str, member: Member) -> None:
-        key = self._presence_key(channel)
-        if await self._client.hexists(key, member.connection_id):
-            await self._client.hset(key, member.connection_id, self._entry(member))
+    async def refresh(self, entries: Sequence[tuple[str, Member]]) -> None:
+        # One script call per batch; an entry removed meanwhile (a leave) stays removed.
+        for start in range(0, len(entries), _REFRESH_BATCH):
+            batch = entries[start : start + _REFRESH_BATCH]
+            keys = [self._presence_key(channel) for channel, _member in batch]
+            args: list[bytes | str] = []
+            for _channel, member in batch:
+                args += [member.connection_id, self._entry(member)]
+            await self._refresh(keys=keys, args=args)
 
     async def leave(self, channel: str, member: Member) -> None:
         # Whoever removes the entry announces the leave, so it is announced once.

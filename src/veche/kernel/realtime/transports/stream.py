@@ -9,14 +9,16 @@ token that opened the stream expires or its session is signed out.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import orjson
 from fastapi import Depends, Header, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import StringConstraints
+from starlette.types import Receive, Scope, Send
 
 from veche.kernel.errors import problem_openapi
 from veche.kernel.http import api_router
@@ -94,34 +96,83 @@ def _advice(hub: Hub, connection: Connection, last: Outgoing | None) -> dict[str
     return frame
 
 
-async def _frames(
-    hub: Hub,
-    connection: Connection,
-    render: Callable[[Outgoing | None], bytes],
-    render_end: Callable[[dict[str, object], Outgoing | None], bytes],
-) -> AsyncIterator[bytes]:
-    last: Outgoing | None = None
-    try:
+# Frames already queued that go out in one write (a burst costs one send, not one each).
+_WRITE_BATCH = 64
+_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+
+
+class HubStream(Response):
+    """A connection's frames as a streaming HTTP response.
+
+    One coroutine per stream writes frames as the hub queues them, with no generator
+    chain or task group in between; frames already waiting go out in one write; a client
+    that goes away ends the stream through a watcher on `receive`. The stream always
+    ends with the closing advice of `render_end` and leaves the hub.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        connection: Connection,
+        media_type: str,
+        render: Callable[[Outgoing | None], bytes],
+        render_end: Callable[[dict[str, object], Outgoing | None], bytes],
+        preamble: bytes = b"",
+    ) -> None:
+        # No `Response.__init__`: it would declare an empty body's Content-Length.
+        self.status_code = 200
+        self.media_type = media_type
+        self.background = None
+        self.init_headers(_HEADERS)
+        self.hub = hub
+        self.connection = connection
+        self.render_frame = render
+        self.render_end = render_end
+        self.preamble = preamble
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection = self.connection
+        watcher = asyncio.ensure_future(_watch_disconnect(receive, connection))
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            if self.preamble:
+                await send({"type": "http.response.body", "body": self.preamble, "more_body": True})
+            await self._write(send)
+        except OSError:
+            pass  # the client is gone (servers of ASGI spec 2.4 say so on send)
+        finally:
+            watcher.cancel()
+            self.hub.disconnect(connection)
+
+    async def _write(self, send: Send) -> None:
+        connection, render = self.connection, self.render_frame
+        last: Outgoing | None = None
         while True:
-            item = await connection.next(hub.settings.heartbeat_seconds)
+            item = await connection.next()
             if item is CLOSED:
-                yield render_end(_advice(hub, connection, last), last)
+                end = self.render_end(_advice(self.hub, connection, last), last)
+                await send({"type": "http.response.body", "body": end, "more_body": False})
                 return
-            if item is None:
-                await hub.refresh_presence(connection)
-                yield render(None)
-                continue
-            assert isinstance(item, Outgoing)
-            last = item
-            yield render(item)
-    finally:
-        hub.disconnect(connection)
+            if isinstance(item, Outgoing):
+                batch = [item, *connection.ready(_WRITE_BATCH)]
+                last = batch[-1]
+                chunk = render(item) if len(batch) == 1 else b"".join(map(render, batch))
+            else:
+                chunk = render(None)  # a heartbeat
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+
+async def _watch_disconnect(receive: Receive, connection: Connection) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    connection.close("goodbye")
 
 
 @router.get(
     "/sse",
     responses={**_RESPONSES, 200: {"content": {"text/event-stream": {}}}},
-    response_class=StreamingResponse,
+    response_class=HubStream,
+    status_code=200,  # HubStream's constructor declares none for the schema to read
     dependencies=_LIMIT,
 )
 async def sse(
@@ -132,7 +183,7 @@ async def sse(
     last_event_id: Annotated[
         str | None, Header(alias="Last-Event-ID", description="The last `id:` seen")
     ] = None,
-) -> StreamingResponse:
+) -> HubStream:
     """Server-sent events: each event's `id:` is the resume token; reconnecting with it in
     `Last-Event-ID` delivers exactly the missed messages. The stream ends with a `reauth`
     event when the access token expires or its session is signed out."""
@@ -140,34 +191,29 @@ async def sse(
     hub = kernel.realtime
     connection = await _open(kernel, user, bearer, "sse", channels, last_event_id or None)
 
+    def encode(frame: dict[str, Any], token: str) -> bytes:
+        data = orjson.dumps(frame)
+        return f"id: {token}\nevent: {frame['type']}\ndata: ".encode() + data + b"\n\n"
+
     def render(item: Outgoing | None) -> bytes:
         if item is None:
             return b": heartbeat\n\n"
-        token = hub.resume_token(item.positions)
-        data = orjson.dumps(item.frame)
-        return f"id: {token}\nevent: {item.frame['type']}\ndata: ".encode() + data + b"\n\n"
+        return hub.encoded.get("sse", item.frame, hub.resume_token(item.positions), encode)
 
     def render_end(advice: dict[str, object], last: Outgoing | None) -> bytes:
         head = f"id: {advice['resume_token']}\n" if last is not None else ""
         kind = advice["type"]
         return f"{head}event: {kind}\ndata: ".encode() + orjson.dumps(advice) + b"\n\n"
 
-    async def body() -> AsyncIterator[bytes]:
-        yield f"retry: {hub.settings.sse_retry_ms}\n\n".encode()
-        async for chunk in _frames(hub, connection, render, render_end):
-            yield chunk
-
-    return StreamingResponse(
-        body(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    preamble = f"retry: {hub.settings.sse_retry_ms}\n\n".encode()
+    return HubStream(hub, connection, "text/event-stream", render, render_end, preamble)
 
 
 @router.get(
     "/stream",
     responses={**_RESPONSES, 200: {"content": {"application/x-ndjson": {}}}},
-    response_class=StreamingResponse,
+    response_class=HubStream,
+    status_code=200,  # HubStream's constructor declares none for the schema to read
     dependencies=_LIMIT,
 )
 async def ndjson(
@@ -179,26 +225,24 @@ async def ndjson(
         str | None,
         Query(max_length=4096, description="A `resume_token` from an earlier stream"),
     ] = None,
-) -> StreamingResponse:
+) -> HubStream:
     """Newline-delimited JSON: one frame per line, each carrying `resume_token`."""
     kernel = _kernel(request)
     hub = kernel.realtime
     connection = await _open(kernel, user, bearer, "ndjson", channels, last_event_id or None)
 
+    def encode(frame: dict[str, Any], token: str) -> bytes:
+        return orjson.dumps({**frame, "resume_token": token}) + b"\n"
+
     def render(item: Outgoing | None) -> bytes:
         if item is None:
             return b'{"type":"heartbeat"}\n'
-        frame = {**item.frame, "resume_token": hub.resume_token(item.positions)}
-        return orjson.dumps(frame) + b"\n"
+        return hub.encoded.get("ndjson", item.frame, hub.resume_token(item.positions), encode)
 
     def render_end(advice: dict[str, object], last: Outgoing | None) -> bytes:
         return orjson.dumps(advice) + b"\n"
 
-    return StreamingResponse(
-        _frames(hub, connection, render, render_end),
-        media_type="application/x-ndjson",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return HubStream(hub, connection, "application/x-ndjson", render, render_end)
 
 
 # What an app's renderer gets: a hub frame (`message`, `subscribed`, ...) with the resume
@@ -213,7 +257,7 @@ async def ndjson_stream(
     channels: list[str],
     resume_token: str | None,
     render: FrameRenderer,
-) -> StreamingResponse:
+) -> HubStream:
     """An NDJSON stream of `channels` for an app's own endpoint, in the app's own frame
     shape: the same authorization, resume, heartbeats and closing advice as `/stream`.
     The app checks its own ownership rules first; the channel policy is checked here too."""
@@ -230,8 +274,4 @@ async def ndjson_stream(
         token = advice.get("resume_token")
         return render(dict(advice), token if isinstance(token, str) else None)
 
-    return StreamingResponse(
-        _frames(hub, connection, render_item, render_end),
-        media_type="application/x-ndjson",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return HubStream(hub, connection, "application/x-ndjson", render_item, render_end)

@@ -23,6 +23,7 @@ from veche.kernel.realtime.hub import (
     AUTH_REASONS,
     CLOSE_CODES,
     CLOSED,
+    HEARTBEAT,
     Connection,
     Hub,
     Outgoing,
@@ -212,7 +213,7 @@ async def _read(websocket: WebSocket, kernel: Kernel, connection: Connection) ->
 
 async def _write(websocket: WebSocket, hub: Hub, connection: Connection) -> None:
     while True:
-        item = await connection.next(hub.settings.heartbeat_seconds)
+        item = await connection.next()
         if item is CLOSED:
             reason = connection.close_reason or "shutdown"
             code = CLOSE_CODES.get(reason, POLICY_VIOLATION)
@@ -234,8 +235,7 @@ async def _write(websocket: WebSocket, hub: Hub, connection: Connection) -> None
             with contextlib.suppress(Exception):
                 await websocket.close(code, text)
             return
-        if item is None:
-            await hub.refresh_presence(connection)
+        if item is HEARTBEAT:
             await _send(websocket, {"type": "heartbeat"})
             continue
         assert isinstance(item, Outgoing)
