@@ -44,6 +44,9 @@ DEFAULT_RATE_LIMITS = {
     # The agents app: sending a message starts an LLM run; tool results come from clients.
     "agents_messages": "20/minute",
     "agents_tools": "60/minute",
+    # The blog app: writes (posts, comments, blogs) and media uploads (CPU-heavy).
+    "blog_write": "120/minute",
+    "blog_media": "30/minute",
 }
 
 
@@ -159,6 +162,36 @@ class AgentsSettings(BaseModel):
     error_recovery_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
 
 
+class StorageSettings(BaseModel):
+    """Blob storage and the image pipeline (`VECHE_STORAGE__*`); `VECHE_BLOB_URL` picks
+    the backend: unset for files under `<data_dir>/blobs`, `file:///path`, or
+    `s3://bucket/prefix` with the `s3_*` values below."""
+
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_timeout_seconds: PositiveFloat = 30.0
+    # Where clients fetch blobs directly (a CDN or public bucket); unset: through the API.
+    public_url: str | None = None
+    # Uploads: the largest file accepted and the largest decoded image (decompression bombs).
+    max_upload_bytes: Annotated[int, Field(ge=1 * KIB, le=200 * MIB)] = 10 * MIB
+    max_image_pixels: Annotated[int, Field(ge=1, le=200_000_000)] = 40_000_000
+    # Images decoded at once per process; each may hold hundreds of MB while it works.
+    image_workers: Annotated[int, Field(ge=1, le=32)] = 2
+    webp_quality: Annotated[int, Field(ge=1, le=100)] = 80
+
+
+class BlogSettings(BaseModel):
+    """The blog app (`VECHE_BLOG__*`): scheduled publishing and orphaned media."""
+
+    # Scheduled posts are looked for this often (the job ticks every 5 seconds).
+    publish_interval_seconds: Annotated[float, Field(ge=5, le=3600)] = 5.0
+    # Uploads attached to nothing for this long are deleted by the cleanup job.
+    orphan_media_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
+    orphan_sweep_interval_seconds: Annotated[float, Field(ge=1, le=86_400)] = 3600.0
+
+
 class AISettings(BaseModel):
     """The AI gateway: purposes, prices, budgets and resilience (`VECHE_AI__*`).
 
@@ -221,6 +254,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     events_url: str | None = None
     realtime_url: str | None = None
+    # Blobs (media): unset for `<data_dir>/blobs`, `file:///path`, or `s3://bucket/prefix`.
+    blob_url: str | None = None
 
     # The LLM gateway's defaults; per-purpose overrides live in `ai.profiles`.
     llm_provider: LLMProviderName = "local"
@@ -243,6 +278,8 @@ class Settings(BaseSettings):
     events: EventsSettings = Field(default_factory=EventsSettings)
     ai: AISettings = Field(default_factory=AISettings)
     agents: AgentsSettings = Field(default_factory=AgentsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    blog: BlogSettings = Field(default_factory=BlogSettings)
 
     max_body_bytes: PositiveInt = 1 * MIB
     # Named policies; given ones override these defaults, the rest stay.

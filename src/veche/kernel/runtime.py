@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from veche.kernel.identity.passwords import PasswordHasher
     from veche.kernel.identity.tokens import AccessTokens
     from veche.kernel.realtime import Hub
+    from veche.kernel.storage import BlobStore
 
 
 @dataclass(slots=True)
@@ -33,6 +34,7 @@ class Kernel:
     realtime: Hub
     events: EventBus
     ai: AIServices
+    blobs: BlobStore
     # Each app's own per-process runtime (workers, caches), by app name, put here by the
     # app's startup hook; the kernel never looks inside.
     apps: dict[str, Any] = field(default_factory=dict)
@@ -44,6 +46,7 @@ class Kernel:
         from veche.kernel.identity.passwords import PasswordHasher
         from veche.kernel.identity.tokens import AccessTokens, derive_key
         from veche.kernel.realtime import Hub
+        from veche.kernel.storage import blob_store_from_settings
 
         keys = settings.signing_keys
         db = Database.from_settings(settings)
@@ -57,9 +60,11 @@ class Kernel:
             realtime=Hub.from_settings(settings, derive_key(keys[0], "realtime-resume")),
             events=EventBus(settings, db),
             ai=AIServices(settings, db),
+            blobs=blob_store_from_settings(settings),
         )
 
     async def close(self) -> None:
         await self.events.stop()
         await self.ai.aclose()
+        await self.blobs.close()
         await self.db.dispose()
