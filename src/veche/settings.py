@@ -160,6 +160,17 @@ class AgentsSettings(BaseModel):
     # Agent health: checked this often; an agent in error is retried after this long.
     health_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 30
     error_recovery_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+    # The agent bus: queued work per agent and per user before new work is refused (429),
+    # claims per task before a transient failure becomes final, and the backoff between
+    # them (exponential from `retry_base_seconds`, capped, with jitter).
+    agent_queue_limit: Annotated[int, Field(ge=1, le=100_000)] = 100
+    user_queue_limit: Annotated[int, Field(ge=1, le=1_000_000)] = 500
+    task_max_attempts: Annotated[int, Field(ge=1, le=20)] = 3
+    retry_base_seconds: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    # Orchestrated plans: a plan made for the same request (normalized) and the same
+    # agents is reused for this long instead of asking the model again.
+    plan_cache_seconds: Annotated[int, Field(ge=0, le=7 * 86_400)] = 86_400
 
 
 class StorageSettings(BaseModel):

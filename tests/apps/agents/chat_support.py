@@ -33,7 +33,15 @@ def chat_settings(
         llm_base_url=fake.base_url,
         llm_model=MODEL,
         llm_api_key="sk-test-key",
-        agents=AgentsSettings(runner_poll_seconds=0.05, **agents),
+        # Retries of transient failures back off for tens of milliseconds, not seconds.
+        agents=AgentsSettings(
+            **{
+                "runner_poll_seconds": 0.05,
+                "retry_base_seconds": 0.05,
+                "retry_max_seconds": 0.2,
+                **agents,
+            }
+        ),
         realtime=RealtimeSettings(heartbeat_seconds=0.5, shutdown_timeout_seconds=3.0),
     )
 

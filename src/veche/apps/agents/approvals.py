@@ -229,6 +229,37 @@ class ApprovalService:
             )
         return approval
 
+    async def request_plan(
+        self, task: Task, *, arguments: dict[str, Any], reasons: list[str]
+    ) -> Approval:
+        """A pending approval of an orchestrated plan (`tool` = `plan`): its `plan` task
+        waits until the user confirms or rejects it, or it expires. No policy or rule
+        approves a plan by itself: it is asked for only when it is over the user's own
+        thresholds."""
+        if task.user_id != self.user_id:
+            raise ValueError("the task belongs to another user")
+        now = utcnow()
+        approval = Approval(
+            id=new_id(),
+            user_id=self.user_id,
+            project_id=task.project_id,
+            session_id=task.session_id,
+            task_id=task.id,
+            agent_id=None,
+            call_id="plan",
+            tool="plan",
+            arguments=dict(arguments),
+            risk=Risk.HIGH.name,
+            risk_reasons=list(reasons),
+            attempt=1,
+            status="pending",
+            created_at=now,
+            expires_at=now + timeout_for(Risk.HIGH, self.settings),
+        )
+        self.db.add(approval)
+        await self.db.flush()
+        return approval
+
     async def for_task(self, task_id: UUID) -> list[Approval]:
         """Every request of a task, oldest first."""
         return await self.queries.for_task(task_id)

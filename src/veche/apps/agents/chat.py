@@ -1,7 +1,11 @@
-"""Chat sessions in direct mode: the rules of sessions, messages, cancelling and client
-tool results. A message with a target agent becomes a queued task that the runner
-(`runner.py`) picks up after the commit; one task runs at a time per session, and a
-message that arrives meanwhile follows the session's queue policy."""
+"""Chat sessions: the rules of sessions, messages, cancelling and client tool results.
+
+A message with a target agent becomes a queued `chat` task (direct mode). A message
+without one is routed (`planning.route`): to the one agent that clearly matches it (a
+`chat` task, `DIRECT_AGENT_CALL` says it was routed), else to the orchestrator (a `plan`
+task; `PLAN_CREATED` follows). The runner (`runner.py`) picks tasks up after the commit;
+one message's work runs at a time per session, and a message that arrives meanwhile
+follows the session's queue policy. The bus (`bus.py`) refuses work past a full queue."""
 
 from __future__ import annotations
 
@@ -10,11 +14,14 @@ from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from veche.apps.agents import bus, planning
 from veche.apps.agents.approvals import ApprovalService
 from veche.apps.agents.chat_schemas import MessageCreate, SessionCreate, SessionUpdate
 from veche.apps.agents.errors import (
+    AgentNotAccepting,
     AgentNotFound,
     AgentUnavailable,
+    NoAgents,
     ProjectNotFound,
     SessionBusy,
     SessionNotFound,
@@ -29,23 +36,15 @@ from veche.apps.agents.models import (
     Project,
     Task,
 )
-from veche.apps.agents.repository import ChatQueries
-from veche.apps.agents.stream import EventType
+from veche.apps.agents.orchestrator import FINAL_PLAN_STATES, agent_cards
+from veche.apps.agents.orchestrator import cancel as cancel_plan
+from veche.apps.agents.repository import ChatQueries, PlanQueries
+from veche.apps.agents.stream import EventType, message_payload
 from veche.kernel import new_id, record, utcnow
 from veche.kernel.db import on_outcome
 
 if TYPE_CHECKING:
     from veche.apps.agents.runtime import AgentsRuntime
-
-
-def message_payload(message: ChatMessage) -> dict[str, Any]:
-    return {
-        "message_id": str(message.id),
-        "role": message.role,
-        "content": message.content,
-        "agent_id": None if message.agent_id is None else str(message.agent_id),
-        "task_id": None if message.task_id is None else str(message.task_id),
-    }
 
 
 class ChatService:
@@ -106,27 +105,18 @@ class ChatService:
 
     async def post(
         self, project_id: UUID, session_id: UUID, data: MessageCreate
-    ) -> tuple[ChatMessage, Task | None]:
+    ) -> tuple[ChatMessage, Task]:
         chat = await self.get(project_id, session_id)
-        agent = None
-        if data.target_agent is not None:
-            agent = await self.queries.get(Agent, data.target_agent)
-            if agent is None:
-                raise AgentNotFound(f"You have no agent {data.target_agent}")
-            if agent.status == "error":
-                raise AgentUnavailable(
-                    f"Agent {agent.name!r} is unavailable ({agent.status_reason or 'error'}); "
-                    "it is retried automatically",
-                    headers={"Retry-After": str(self.runtime.settings.error_recovery_seconds)},
-                )
-            active = await self.queries.active_tasks(chat.id)
-            if active and chat.queue_policy == "reject":
-                raise SessionBusy(
-                    "This session is still processing a message; wait for it, cancel it, "
-                    "or use the `enqueue` or `interrupt` queue policy"
-                )
-            if active and chat.queue_policy == "interrupt":
-                await self._cancel(chat, active, reason="interrupted by a new message")
+        agent, kind, route = await self._route(data)
+        active = await self.queries.active_tasks(chat.id)
+        if active and chat.queue_policy == "reject":
+            raise SessionBusy(
+                "This session is still processing a message; wait for it, cancel it, "
+                "or use the `enqueue` or `interrupt` queue policy"
+            )
+        await bus.admit(self.db, self.user_id, self.runtime.settings, agent)
+        if active and chat.queue_policy == "interrupt":
+            await self._cancel(chat, active, reason="interrupted by a new message")
         now = utcnow()
         message = ChatMessage(
             id=new_id(),
@@ -138,33 +128,67 @@ class ChatService:
             agent_id=None,
             created_at=now,
         )
-        task = None
-        if agent is not None:
-            task = Task(
-                id=new_id(),
-                user_id=self.user_id,
-                project_id=project_id,
-                session_id=chat.id,
-                agent_id=agent.id,
-                message_id=message.id,
-                status="queued",
-                state={},
-                created_at=now,
-                updated_at=now,
-            )
-            message.task_id = task.id
-            self.db.add(task)
+        task = Task(
+            id=new_id(),
+            user_id=self.user_id,
+            project_id=project_id,
+            session_id=chat.id,
+            agent_id=None if agent is None else agent.id,
+            message_id=message.id,
+            kind=kind,
+            status="queued",
+            state={"route": route} if route else {},
+            attempts=0,
+            created_at=now,
+            updated_at=now,
+        )
+        message.task_id = task.id
+        self.db.add(task)
         self.db.add(message)
         chat.updated_at = now
         await self.db.flush()
+        await bus.announce(self.db, task)
         events = self.runtime.events
         events.after_commit(
             self.db, self.user_id, chat.id, EventType.MESSAGE_CREATED, message_payload(message)
         )
-        if task is not None:
-            task_id = task.id
-            on_outcome(self.db, committed=lambda: self.runtime.wake(task_id))
+        task_id = task.id
+        on_outcome(self.db, committed=lambda: self.runtime.wake(task_id))
         return message, task
+
+    async def _route(self, data: MessageCreate) -> tuple[Agent | None, str, str | None]:
+        """Who takes a message: (agent, task kind, routing reason). A named agent must
+        exist, take work and not be in error; an unnamed one is chosen by routing."""
+        if data.target_agent is not None:
+            agent = await self.queries.get(Agent, data.target_agent)
+            if agent is None:
+                raise AgentNotFound(f"You have no agent {data.target_agent}")
+            self._check_available(agent)
+            return agent, "chat", None
+        agents = await PlanQueries(self.db, self.user_id).agents(accepting_only=True)
+        decision = planning.route(data.content, agent_cards(agents))
+        if decision.mode == "orchestrated":
+            return None, "plan", decision.reason
+        if decision.agent is None:
+            raise NoAgents(
+                "You have no active agent that could answer: create one, register it again, "
+                "or name `target_agent`"
+            )
+        chosen = next(agent for agent in agents if agent.id == decision.agent.id)
+        return chosen, "chat", decision.reason
+
+    def _check_available(self, agent: Agent) -> None:
+        if agent.lifecycle != "active":
+            raise AgentNotAccepting(
+                f"Agent {agent.name!r} is {agent.lifecycle} and takes no new messages; "
+                "register it again to use it"
+            )
+        if agent.status == "error":
+            raise AgentUnavailable(
+                f"Agent {agent.name!r} is unavailable ({agent.status_reason or 'error'}); "
+                "it is retried automatically",
+                headers={"Retry-After": str(self.runtime.settings.error_recovery_seconds)},
+            )
 
     # -- cancelling -------------------------------------------------------------------------
 
@@ -194,6 +218,14 @@ class ChatService:
                 EventType.TASK_COMPLETED,
                 {"task_id": str(task_id), "status": "cancelled", "reason": reason},
             )
+        plans = PlanQueries(self.db, self.user_id)
+        for task in active:
+            if task.kind == "plan" and task.id in ids:
+                plan = await plans.plan(task.id)
+                if plan is not None and plan.status not in FINAL_PLAN_STATES:
+                    more, outcome = await cancel_plan(self.db, self.user_id, plan, reason)
+                    ids.extend(task_id for task_id in more if task_id not in ids)
+                    outcome.publish(self.db, self.runtime.events)
         self._audit("agents.session.cancelled", chat.id, {"tasks": [str(i) for i in ids]})
         cancelled = list(ids)
         on_outcome(self.db, committed=lambda: self.runtime.stop_tasks(cancelled))

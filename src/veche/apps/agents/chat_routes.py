@@ -335,7 +335,7 @@ async def session_events(
         str | None,
         Query(max_length=4096, description="The `event_id` of the last event you received"),
     ] = None,
-) -> StreamingResponse:
+) -> Response:
     """One JSON object per line: `event_type`, `payload`, `timestamp`, `session_id` and
     `event_id`; `HEARTBEAT` lines keep the connection alive. The stream ends with
     `RECONNECT` (or `REAUTH` when the access token expires): reconnect with its `event_id`

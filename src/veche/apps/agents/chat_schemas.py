@@ -10,8 +10,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 QueuePolicy = Literal["enqueue", "reject", "interrupt"]
 TaskStatus = Literal[
-    "queued", "running", "waiting_approval", "waiting_tool", "completed", "failed", "cancelled"
+    "queued",
+    "blocked",
+    "running",
+    "waiting_approval",
+    "waiting_tool",
+    "waiting_plan",
+    "completed",
+    "failed",
+    "cancelled",
+    "skipped",
 ]
+TaskKind = Literal["chat", "plan", "step"]
 ToolCallStatus = Literal["requested", "completed", "expired", "cancelled"]
 MAX_MESSAGE = 20_000
 MAX_TOOL_OUTPUT = 1_000_000
@@ -66,8 +76,8 @@ class MessageCreate(_Strict):
     content: str = Field(min_length=1, max_length=MAX_MESSAGE)
     target_agent: UUID | None = Field(
         None,
-        description="The agent that answers (direct mode); without one the message is only "
-        "stored (routing by the orchestrator is not part of direct mode)",
+        description="The agent that answers (direct mode); without one the message is routed: "
+        "to the one agent that clearly matches it, else to the orchestrator's plan",
     )
 
     _content = field_validator("content")(_no_nul)
@@ -93,6 +103,14 @@ class TaskRead(BaseModel):
     agent_id: UUID | None
     message_id: UUID
     status: TaskStatus
+    kind: TaskKind = Field(
+        description="`chat`: one agent's run; `plan`: an orchestrated message (its id is the "
+        "plan's); `step`: one task of a plan"
+    )
+    plan_id: UUID | None
+    step: str | None = Field(validation_alias="step_key", description="The plan's id of this step")
+    depends_on: list[str] | None
+    attempts: int
     error_code: str | None
     error_detail: str | None
     created_at: dt.datetime
@@ -103,7 +121,10 @@ class TaskRead(BaseModel):
 
 class MessageAccepted(BaseModel):
     message: MessageRead
-    task: TaskRead | None = Field(description="The run this message started; null without an agent")
+    task: TaskRead | None = Field(
+        description="The run this message started (a `chat` task, or a `plan` task when the "
+        "message was orchestrated)"
+    )
 
 
 class CancelResult(BaseModel):

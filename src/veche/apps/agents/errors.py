@@ -4,7 +4,7 @@ like one that does not exist, so ids reveal nothing across accounts."""
 from __future__ import annotations
 
 from veche.kernel import BadRequest, Conflict, NotFound
-from veche.kernel.errors import ServiceUnavailable
+from veche.kernel.errors import ServiceUnavailable, TooManyRequests
 
 
 class ProjectNotFound(NotFound):
@@ -125,3 +125,33 @@ class ApprovalReasonRequired(BadRequest):
     status = 422
     code = "agents.approval_reason_required"
     title = "A rejection needs a reason"
+
+
+# -- the agent bus and the orchestrator ---------------------------------------------------
+
+
+class QueueFull(TooManyRequests):
+    """Backpressure: the agent's (or the user's) queue holds as much as it may."""
+
+    code = "agents.queue_full"
+    title = "The queue is full"
+
+
+class AgentNotAccepting(Conflict):
+    code = "agents.agent_deregistered"
+    title = "The agent is deregistered or draining and takes no new work"
+
+
+class NoAgents(Conflict):
+    code = "agents.no_agents"
+    title = "No agent can take this message"
+
+
+class PlanNotFound(NotFound):
+    code = "agents.plan_not_found"
+    title = "Plan not found"
+
+
+class PlanClosed(Conflict):
+    code = "agents.plan_closed"
+    title = "The plan has already ended"

@@ -59,6 +59,8 @@ async def task_finished(
     if agent is None:  # deleted meanwhile
         return
     now = utcnow()
+    if agent.lifecycle == "draining" and not await queries.unfinished_tasks(agent_id):
+        await queries.set_lifecycle(agent_id, "deregistered")
     if is_provider_failure(error_code):
         await queries.set_status(agent_id, "error", error_code, now)
         return
@@ -121,6 +123,7 @@ async def check_agents(kernel: Kernel, *, now: dt.datetime | None = None) -> dic
             if await system.recover(agent.id, agent.status_changed_at, now):
                 recovered += 1
         unstuck = await system.release_idle_busy(now)
+        drained = await system.finish_draining()
     released = 0
     runtime: AgentsRuntime | None = kernel.apps.get(APP)
     if runtime is not None:
@@ -129,9 +132,10 @@ async def check_agents(kernel: Kernel, *, now: dt.datetime | None = None) -> dic
         "recovered": recovered,
         "still_failing": still_failing,
         "unstuck": unstuck,
+        "drained": drained,
         "spaces_released": released,
     }
-    if recovered or unstuck or released:
+    if recovered or unstuck or released or drained:
         log.info("agents_health", **result)
     return result
 

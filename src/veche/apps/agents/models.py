@@ -12,6 +12,7 @@ from uuid import UUID
 from sqlalchemy import (
     JSON,
     Boolean,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -48,6 +49,9 @@ class Agent(IdMixin, TimestampMixin, Base):
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
+    # On the agent bus: `active` takes work; `draining` takes none and finishes what it
+    # has; `deregistered` has nothing left (see bus.py).
+    lifecycle: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     status: Mapped[str] = mapped_column(String(16), default="ready")
     # Why the agent is in `error` (a stable code) and since when; cleared on recovery.
     status_reason: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -140,6 +144,19 @@ class Task(IdMixin, TimestampMixin, Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     duration_ms: Mapped[int | None] = mapped_column(Integer, default=None)
+    # `chat`: a direct run; `plan`: the planning and coordination of an orchestrated
+    # message (its id is the plan's id); `step`: one task of a plan, run by its agent.
+    kind: Mapped[str] = mapped_column(String(8), default="chat", server_default="chat")
+    plan_id: Mapped[UUID | None] = mapped_column(
+        ForeignKey("agents_plans.id", ondelete="CASCADE"), default=None, index=True
+    )
+    step_key: Mapped[str | None] = mapped_column(String(32), default=None)
+    depends_on: Mapped[list[str] | None] = mapped_column(JSON, default=None)
+    # Claims so far, and the earliest time of the next one (a retry's backoff).
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    not_before: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # A step's answer, handed to the steps that depend on it.
+    result: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class Approval(IdMixin, Base):
@@ -253,3 +270,50 @@ class MemoryEntry(IdMixin, Base):
     response: Mapped[str] = mapped_column(Text)
     size_bytes: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OrchestratorConfig(Base):
+    """A user's orchestrator: the AI purpose that plans, how many of a plan's tasks run at
+    once, when a plan waits for approval, and the most a plan may cost."""
+
+    __tablename__ = "agents_orchestrator_configs"
+
+    user_id: Mapped[UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    model: Mapped[str] = mapped_column(String(64), default="default")
+    max_parallel_tasks: Mapped[int] = mapped_column(Integer, default=3)
+    approval_cost_threshold: Mapped[float] = mapped_column(Float, default=0.1)
+    approval_tasks_threshold: Mapped[int] = mapped_column(Integer, default=5)
+    budget: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Plan(TimestampMixin, Base):
+    """An orchestrated message's plan: its task graph (`graph`: the steps with their agents
+    and dependencies, `waves`: the order they run in), its estimate, and how it went. Its id
+    is the id of the `plan` task that made it; each step is a `step` task with `plan_id`."""
+
+    __tablename__ = "agents_plans"
+    __table_args__ = (
+        Index("ix_agents_plans_user_id_created_at", "user_id", "created_at"),
+        Index("ix_agents_plans_user_id_cache_key", "user_id", "cache_key"),
+    )
+
+    id: Mapped[UUID] = mapped_column(primary_key=True)
+    user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[UUID] = mapped_column(ForeignKey("agents_projects.id", ondelete="CASCADE"))
+    session_id: Mapped[UUID] = mapped_column(ForeignKey("agents_sessions.id", ondelete="CASCADE"))
+    message_id: Mapped[UUID] = mapped_column()
+    request: Mapped[str] = mapped_column(Text)
+    cache_key: Mapped[str] = mapped_column(String(64))
+    # awaiting_approval, running, completed, partial, failed, cancelled, rejected, invalid
+    status: Mapped[str] = mapped_column(String(24))
+    graph: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    waves: Mapped[list[list[str]]] = mapped_column(JSON, default=list)
+    estimate: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    max_parallel: Mapped[int] = mapped_column(Integer)
+    cached_from: Mapped[UUID | None] = mapped_column(default=None)
+    error_code: Mapped[str | None] = mapped_column(String(64), default=None)
+    error_detail: Mapped[str | None] = mapped_column(Text, default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)

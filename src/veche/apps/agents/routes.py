@@ -73,6 +73,7 @@ def agent_read(agent: Agent) -> AgentRead:
             "key": version_key(agent.user_id, agent.name, agent.version),
             "name": agent.name,
             "status": agent.status,
+            "lifecycle": agent.lifecycle,
             "version": agent.version,
             "created_at": agent.created_at,
             "updated_at": agent.updated_at,

@@ -13,6 +13,7 @@ from pydantic.json_schema import SkipJsonSchema
 ToolName = Literal["read_file", "write_file", "list_directory", "execute_command"]
 KNOWN_TOOLS: tuple[str, ...] = get_args(ToolName)
 AgentStatus = Literal["ready", "busy", "error"]
+AgentLifecycle = Literal["active", "draining", "deregistered"]
 ExecutionMode = Literal["server", "client"]
 
 AGENT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
@@ -168,6 +169,10 @@ class AgentRead(BaseModel):
     key: str = Field(description="The current version's key")
     name: str
     status: AgentStatus
+    lifecycle: AgentLifecycle = Field(
+        description="On the agent bus: `active` takes work, `draining` finishes what it has "
+        "and takes nothing new, `deregistered` has drained"
+    )
     version: int = Field(description="The current version's number")
     system_prompt: str
     model: str

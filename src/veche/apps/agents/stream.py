@@ -24,6 +24,7 @@ from uuid import UUID
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from veche.apps.agents.models import ChatMessage
 from veche.kernel.db import on_outcome
 from veche.kernel.identity.models import User
 from veche.kernel.realtime import ChannelPolicy, Hub
@@ -44,6 +45,9 @@ class EventType(StrEnum):
     APPROVAL_EXPIRING = "APPROVAL_EXPIRING"
     APPROVAL_RESOLVED = "APPROVAL_RESOLVED"
     TOOL_CALL_REQUESTED = "TOOL_CALL_REQUESTED"
+    PLAN_CREATED = "PLAN_CREATED"
+    PLAN_APPROVAL_REQUIRED = "PLAN_APPROVAL_REQUIRED"
+    PLAN_COMPLETED = "PLAN_COMPLETED"
     ERROR = "ERROR"
 
 
@@ -65,6 +69,16 @@ class _Pending:
     event_type: str
     data: dict[str, Any]
     done: asyncio.Future[None] | None
+
+
+def message_payload(message: ChatMessage) -> dict[str, Any]:
+    return {
+        "message_id": str(message.id),
+        "role": message.role,
+        "content": message.content,
+        "agent_id": None if message.agent_id is None else str(message.agent_id),
+        "task_id": None if message.task_id is None else str(message.task_id),
+    }
 
 
 def event_body(session_id: UUID, event_type: str, payload: dict[str, Any]) -> dict[str, Any]:

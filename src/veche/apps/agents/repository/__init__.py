@@ -10,15 +10,18 @@ from veche.apps.agents.repository.approvals import ApprovalQueries, ApprovalSwee
 from veche.apps.agents.repository.chat import ACTIVE_TASK_STATES, ChatQueries, RunnerQueries
 from veche.apps.agents.repository.health import HealthQueries, SystemQueries
 from veche.apps.agents.repository.memory import MemoryQueries
+from veche.apps.agents.repository.orchestration import AgentLoad, PlanQueries
 from veche.apps.agents.repository.scoped import Scoped
 
 __all__ = [
     "ACTIVE_TASK_STATES",
+    "AgentLoad",
     "ApprovalQueries",
     "ApprovalSweepQueries",
     "ChatQueries",
     "HealthQueries",
     "MemoryQueries",
+    "PlanQueries",
     "RunnerQueries",
     "Scoped",
     "SystemQueries",

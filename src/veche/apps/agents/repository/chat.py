@@ -3,26 +3,40 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from veche.apps.agents.models import (
+    Agent,
     Approval,
     ChatMessage,
     ChatSession,
     ClientToolCall,
+    Plan,
     Task,
 )
 from veche.apps.agents.repository.scoped import Scoped, rowcount
 
 # -- chat ---------------------------------------------------------------------------------
 
-# A task in one of these states holds its session: the next message waits behind it.
-ACTIVE_TASK_STATES = ("queued", "running", "waiting_approval", "waiting_tool")
+# A task in one of these states is not finished. A `chat` or `plan` task in one of them
+# holds its session: the next message waits behind it (`waiting_plan`: a plan's steps are
+# running; `blocked`: a step waits for the steps it depends on).
+ACTIVE_TASK_STATES = (
+    "queued",
+    "running",
+    "waiting_approval",
+    "waiting_tool",
+    "waiting_plan",
+    "blocked",
+)
+# A plan's steps in these states count against its `max_parallel`.
+STEP_SLOT_STATES = ("running", "waiting_approval", "waiting_tool")
 
 
 class ChatQueries(Scoped):
@@ -136,6 +150,19 @@ class ChatQueries(Scoped):
         return list(cancelled.all())
 
 
+@dataclass(frozen=True, slots=True)
+class Runnable:
+    """A task the runner may claim now, from `status`, with the room left for more tasks
+    of its plan and of its agent (None: no such limit applies)."""
+
+    task_id: UUID
+    status: str
+    plan_id: UUID | None = None
+    plan_free: int | None = None
+    agent_id: UUID | None = None
+    agent_free: int | None = None
+
+
 class RunnerQueries:
     """What the chat runner reads and writes across users: finding work, claiming it with
     conditional updates, saving a run's progress. Every other query of a run goes through
@@ -144,27 +171,73 @@ class RunnerQueries:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def runnable(self, limit: int) -> list[tuple[UUID, str]]:
-        """Tasks that can go on now, oldest first, as (id, status): queued ones at the head
-        of their session, and paused ones whose approvals or tool calls are all answered."""
+    async def runnable(self, limit: int, now: dt.datetime) -> list[Runnable]:
+        """Tasks that can go on now, oldest first: queued ones at the head of their session
+        (a plan's steps run side by side) whose backoff is over and whose agent runs fewer
+        tasks than its `concurrency_limit` (and, for a step, whose plan fewer steps than
+        its `max_parallel`), and paused ones whose approvals or tool calls are all
+        answered. Each carries how many more tasks of its agent and plan may start, so a
+        caller claiming several at once keeps within both."""
         earlier = aliased(Task)
         ahead = (
             select(earlier.id)
             .where(
                 earlier.session_id == Task.session_id,
+                earlier.kind != "step",
                 earlier.status.in_(ACTIVE_TASK_STATES),
                 (earlier.created_at < Task.created_at)
                 | ((earlier.created_at == Task.created_at) & (earlier.id < Task.id)),
             )
             .exists()
         )
-        queued = await self.session.scalars(
-            select(Task.id)
-            .where(Task.status == "queued", ~ahead)
+        sibling = aliased(Task)
+        busy_steps = (
+            select(func.count())
+            .where(sibling.plan_id == Task.plan_id, sibling.status.in_(STEP_SLOT_STATES))
+            .scalar_subquery()
+        )
+        plan_slots = select(Plan.max_parallel).where(Plan.id == Task.plan_id).scalar_subquery()
+        peer = aliased(Task)
+        busy_runs = (
+            select(func.count())
+            .where(peer.agent_id == Task.agent_id, peer.status == "running")
+            .scalar_subquery()
+        )
+        agent_slots = (
+            select(Agent.config["concurrency_limit"].as_integer())
+            .where(Agent.id == Task.agent_id)
+            .scalar_subquery()
+        )
+        rows = await self.session.execute(
+            select(
+                Task.id,
+                Task.kind,
+                Task.plan_id,
+                plan_slots - busy_steps,
+                Task.agent_id,
+                agent_slots - busy_runs,
+            )
+            .where(
+                Task.status == "queued",
+                Task.not_before.is_(None) | (Task.not_before <= now),
+                Task.agent_id.is_(None) | (agent_slots > busy_runs),
+                ((Task.kind == "step") & (plan_slots > busy_steps))
+                | ((Task.kind != "step") & ~ahead),
+            )
             .order_by(Task.created_at, Task.id)
             .limit(limit)
         )
-        found: list[tuple[UUID, str]] = [(task_id, "queued") for task_id in queued.all()]
+        found = [
+            Runnable(
+                task_id,
+                "queued",
+                plan_id if kind == "step" else None,
+                int(plan_free) if kind == "step" else None,
+                agent_id,
+                None if agent_id is None else int(agent_free),
+            )
+            for task_id, kind, plan_id, plan_free, agent_id, agent_free in rows.all()
+        ]
         pending_approval = (
             select(Approval.id)
             .where(Approval.task_id == Task.id, Approval.status == "pending")
@@ -176,7 +249,7 @@ class RunnerQueries:
             .order_by(Task.updated_at)
             .limit(limit)
         )
-        found.extend((task_id, "waiting_approval") for task_id in waiting_approval.all())
+        found.extend(Runnable(task_id, "waiting_approval") for task_id in waiting_approval.all())
         open_call = (
             select(ClientToolCall.id)
             .where(ClientToolCall.task_id == Task.id, ClientToolCall.status == "requested")
@@ -188,15 +261,25 @@ class RunnerQueries:
             .order_by(Task.updated_at)
             .limit(limit)
         )
-        found.extend((task_id, "waiting_tool") for task_id in waiting_tool.all())
+        found.extend(Runnable(task_id, "waiting_tool") for task_id in waiting_tool.all())
         return found
+
+    async def get(self, task_id: UUID) -> Task | None:
+        row: Task | None = await self.session.scalar(select(Task).where(Task.id == task_id))
+        return row
 
     async def claim(self, task_id: UUID, from_status: str, now: dt.datetime) -> Task | None:
         """Move a task to `running` if it is still in `from_status`; the task if it was."""
         outcome = await self.session.execute(
             update(Task)
             .where(Task.id == task_id, Task.status == from_status)
-            .values(status="running", updated_at=now)
+            .values(
+                status="running",
+                updated_at=now,
+                # A paused run going on is the same attempt; a queued one is a new one.
+                attempts=Task.attempts + (1 if from_status == "queued" else 0),
+                not_before=None,
+            )
             .execution_options(synchronize_session=False)
         )
         if rowcount(outcome) != 1:
@@ -225,16 +308,67 @@ class RunnerQueries:
                 .execution_options(synchronize_session=False)
             )
 
-    async def requeue_stale(self, older_than: dt.datetime, now: dt.datetime) -> int:
+    async def requeue_stale(
+        self, older_than: dt.datetime, now: dt.datetime, max_attempts: int
+    ) -> list[tuple[UUID, UUID, UUID | None, str]]:
         """Running tasks nobody has touched since `older_than` (their process died) go back
-        to the queue; their saved state lets them go on from their last step."""
-        outcome = await self.session.execute(
+        to the queue, to go on from their last saved step, unless they have had
+        `max_attempts` claims: those fail (`agents.worker_lost`). The ones that failed, as
+        (id, user, plan, kind)."""
+        stale = (Task.status == "running") & (Task.updated_at < older_than)
+        failed = await self.session.execute(
             update(Task)
-            .where(Task.status == "running", Task.updated_at < older_than)
+            .where(stale, Task.attempts >= max_attempts)
+            .values(
+                status="failed",
+                error_code="agents.worker_lost",
+                error_detail=f"The process running it stopped answering {max_attempts} times",
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(Task.id, Task.user_id, Task.plan_id, Task.kind)
+            .execution_options(synchronize_session=False)
+        )
+        lost = [(row[0], row[1], row[2], row[3]) for row in failed.all()]
+        await self.session.execute(
+            update(Task)
+            .where(stale)
             .values(status="queued", updated_at=now)
             .execution_options(synchronize_session=False)
         )
+        return lost
+
+    async def release(self, task_ids: list[UUID], now: dt.datetime) -> int:
+        """Give back this process's running tasks at shutdown: queued again at once, the
+        claim not counted against their attempts."""
+        if not task_ids:
+            return 0
+        outcome = await self.session.execute(
+            update(Task)
+            .where(Task.id.in_(task_ids), Task.status == "running")
+            .values(status="queued", updated_at=now, attempts=Task.attempts - 1)
+            .execution_options(synchronize_session=False)
+        )
         return rowcount(outcome)
+
+    async def retry_later(self, task_id: UUID, now: dt.datetime, at: dt.datetime) -> bool:
+        """Put a running task back in the queue, not to be claimed before `at`."""
+        outcome = await self.session.execute(
+            update(Task)
+            .where(Task.id == task_id, Task.status == "running")
+            .values(status="queued", not_before=at, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return rowcount(outcome) == 1
+
+    async def queued_total(self) -> int:
+        """Tasks waiting on the bus, all users (the queue-size gauge)."""
+        return int(
+            await self.session.scalar(
+                select(func.count()).where(Task.status.in_(("queued", "blocked")))
+            )
+            or 0
+        )
 
     async def expire_tool_calls(self, now: dt.datetime) -> list[UUID]:
         """Client tool calls past their deadline become `expired`; their tasks' ids."""

@@ -19,6 +19,13 @@ from veche.apps.agents.models import (
 # client's tool result) do not keep it busy.
 WORKING_TASK_STATES = ("running",)
 FINISHED_TASK_STATES = ("completed", "failed", "cancelled")
+UNFINISHED_TASK_STATES = (
+    "queued",
+    "blocked",
+    "running",
+    "waiting_approval",
+    "waiting_tool",
+)
 
 
 class HealthQueries:
@@ -85,13 +92,39 @@ class HealthQueries:
 
     async def lock_agent(self, agent_id: UUID) -> Agent | None:
         """The agent's row, locked until the transaction ends (PostgreSQL; SQLite has one
-        writer anyway), so two tasks of one agent change its status one after the other."""
+        writer anyway), so two tasks of one agent change its status one after the other.
+
+        `FOR NO KEY UPDATE`, not `FOR UPDATE`: the caller has usually just inserted a row
+        that references the agent (an answer), which holds `FOR KEY SHARE` on it; two
+        tasks ending together would each wait for the other's key share under `FOR
+        UPDATE` (a deadlock), while `NO KEY UPDATE` does not conflict with it."""
         row: Agent | None = await self.session.scalar(
             self.agent_statement(agent_id)
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
         return row
+
+    async def unfinished_tasks(self, agent_id: UUID) -> int:
+        """The agent's tasks waiting on the bus or in flight."""
+        return int(
+            await self.session.scalar(
+                select(func.count()).where(
+                    Task.user_id == self.user_id,
+                    Task.agent_id == agent_id,
+                    Task.status.in_(UNFINISHED_TASK_STATES),
+                )
+            )
+            or 0
+        )
+
+    async def set_lifecycle(self, agent_id: UUID, lifecycle: str) -> None:
+        await self.session.execute(
+            update(Agent)
+            .where(Agent.user_id == self.user_id, Agent.id == agent_id)
+            .values(lifecycle=lifecycle, updated_at=Agent.updated_at)
+            .execution_options(synchronize_session=False)
+        )
 
     async def working_tasks(self, agent_id: UUID) -> int:
         return int(await self.session.scalar(self.working_statement(agent_id)) or 0)
@@ -155,6 +188,21 @@ class SystemQueries:
             .execution_options(synchronize_session=False)
         )
         return int(getattr(outcome, "rowcount", 0) or 0) == 1
+
+    async def finish_draining(self) -> int:
+        """`draining` agents with nothing left to do become `deregistered`."""
+        unfinished = (
+            select(Task.id)
+            .where(Task.agent_id == Agent.id, Task.status.in_(UNFINISHED_TASK_STATES))
+            .exists()
+        )
+        outcome = await self.session.execute(
+            update(Agent)
+            .where(Agent.lifecycle == "draining", ~unfinished)
+            .values(lifecycle="deregistered", updated_at=Agent.updated_at)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(outcome, "rowcount", 0) or 0)
 
     async def release_idle_busy(self, now: dt.datetime) -> int:
         """`busy` agents with no working task (a crash left them so) back to `ready`."""

@@ -1,0 +1,737 @@
+"""The orchestrator: an orchestrated message becomes a plan, the plan's steps run on the
+agent bus wave by wave, and the plan ends with an account of every step.
+
+A message without a target agent that no single agent clearly matches is queued as a
+`plan` task. Its run (`PlanRun`, in the runner like any task) asks the user's planning
+model for a `PlanDraft` (or reuses the plan made for the same request and agents in the
+last `plan_cache_seconds`), validates it (`planning.validate`: unknown agents, missing
+dependencies, cycles named with their path), estimates cost and time, and stores the
+plan with one `step` task per planned task. A plan over the user's approval thresholds
+waits for a `plan` approval (`PLAN_APPROVAL_REQUIRED`); one over the budget is refused.
+
+Steps start `blocked`; `advance` (in the transaction that ends a step) queues the steps
+whose dependencies all completed, skips the ones that depend on a failed step, and closes
+the plan once every step has ended: `completed`, `partial` (some steps failed or were
+skipped) or `failed`, with a summary message holding the final results. Every change is
+a row written in one transaction, so a restart at any point loses nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from veche.apps.agents import bus, planning
+from veche.apps.agents.approvals import ApprovalService
+from veche.apps.agents.errors import NoAgents
+from veche.apps.agents.models import Agent, ChatMessage, OrchestratorConfig, Plan, Task
+from veche.apps.agents.repository import ChatQueries, PlanQueries, RunnerQueries
+from veche.apps.agents.stream import EventType, SessionEvents, message_payload
+from veche.kernel import new_id, utcnow
+from veche.kernel.ai.types import Message
+from veche.kernel.errors import ProblemError
+
+if TYPE_CHECKING:
+    from veche.apps.agents.runner import Runner
+
+log = structlog.get_logger("veche.agents.orchestrator")
+
+FINAL_PLAN_STATES = frozenset(
+    {"completed", "partial", "failed", "cancelled", "rejected", "invalid"}
+)
+FAILED_STEP_STATES = ("failed", "skipped", "cancelled")
+# How much of a step's answer its dependents see.
+MAX_INPUT_CHARS = 8_000
+MAX_PLANNING_TOKENS = 2_000
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A user's orchestrator settings, with the defaults for a user who set none."""
+
+    model: str = "default"
+    max_parallel_tasks: int = 3
+    approval_cost_threshold: float = 0.1
+    approval_tasks_threshold: int = 5
+    budget: float = 1.0
+
+    @classmethod
+    def of(cls, row: OrchestratorConfig | None) -> Config:
+        if row is None:
+            return cls()
+        return cls(
+            model=row.model,
+            max_parallel_tasks=row.max_parallel_tasks,
+            approval_cost_threshold=row.approval_cost_threshold,
+            approval_tasks_threshold=row.approval_tasks_threshold,
+            budget=row.budget,
+        )
+
+
+def agent_cards(
+    agents: list[Agent], durations: dict[UUID, float] | None = None
+) -> list[planning.AgentCard]:
+    """What routing and planning know of the user's agents (`durations`: each one's mean
+    run time in milliseconds, where known)."""
+    durations = durations or {}
+    return [
+        planning.AgentCard(
+            id=agent.id,
+            name=agent.name,
+            capabilities=tuple(agent.config.get("capabilities", ())),
+            description=str(agent.config.get("system_prompt", ""))[:300],
+            model=str(agent.config.get("model", "default")),
+            mean_duration_ms=durations.get(agent.id),
+        )
+        for agent in agents
+    ]
+
+
+def graph_of(plan: planning.Plan) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": step.id,
+            "description": step.description,
+            "agent_id": str(step.agent.id),
+            "agent_name": step.agent.name,
+            "depends_on": list(step.depends_on),
+            "assigned_by": step.assigned_by,
+            "note": step.note,
+        }
+        for step in plan.steps
+    ]
+
+
+def _draft_graph(draft: planning.PlanDraft) -> list[dict[str, Any]]:
+    """An invalid draft as it came, for the user to see what was refused."""
+    return [
+        {
+            "id": task.id,
+            "description": task.description,
+            "agent_id": None,
+            "agent_name": task.agent,
+            "depends_on": list(task.depends_on),
+            "assigned_by": "model",
+            "note": None,
+        }
+        for task in draft.tasks
+    ]
+
+
+def draft_of(graph: list[dict[str, Any]]) -> planning.PlanDraft:
+    """A stored graph as a draft again (a cached plan is validated against the agents
+    the user has now)."""
+    return planning.PlanDraft(
+        tasks=[
+            planning.PlannedTask(
+                id=item["id"],
+                description=item["description"],
+                agent=item.get("agent_name"),
+                depends_on=list(item.get("depends_on", [])),
+            )
+            for item in graph
+        ]
+    )
+
+
+def plan_payload(plan: Plan) -> dict[str, Any]:
+    return {
+        "plan_id": str(plan.id),
+        "status": plan.status,
+        "tasks": plan.graph,
+        "waves": plan.waves,
+        "estimate": plan.estimate,
+        "cached": plan.cached_from is not None,
+    }
+
+
+# -- moving a plan on ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Advance:
+    """What a change to a plan's steps led to, for the caller to act on after commit."""
+
+    queued: list[UUID] = field(default_factory=list)
+    finished: Plan | None = None
+    answer: ChatMessage | None = None
+    account: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish(self, session: AsyncSession, events: SessionEvents) -> None:
+        """Queue the stream events of this change, sent once the transaction commits."""
+        plan = self.finished
+        if plan is None:
+            return
+        if self.answer is not None:
+            events.after_commit(
+                session,
+                plan.user_id,
+                plan.session_id,
+                EventType.MESSAGE_CREATED,
+                message_payload(self.answer),
+            )
+        events.after_commit(
+            session,
+            plan.user_id,
+            plan.session_id,
+            EventType.PLAN_COMPLETED,
+            {
+                "plan_id": str(plan.id),
+                "task_id": str(plan.id),
+                "status": plan.status,
+                "tasks": self.account,
+                "message_id": None if self.answer is None else str(self.answer.id),
+                "error_code": plan.error_code,
+            },
+        )
+
+
+async def advance(session: AsyncSession, user_id: UUID, plan_id: UUID) -> Advance:
+    """Queue the steps whose dependencies all completed, skip those behind a failed step,
+    and close the plan when every step has ended. Runs in the transaction that changed a
+    step; the plan's row is locked first so two steps ending together advance in turn."""
+    outcome = Advance()
+    queries = PlanQueries(session, user_id)
+    plan = await queries.plan(plan_id, lock=True)
+    if plan is None or plan.status != "running":
+        return outcome
+    now = utcnow()
+    steps = await queries.steps(plan_id)
+    status = {step.step_key: step.status for step in steps}
+    reasons: dict[str, str] = {}
+    ready: list[Task] = []
+    changed = True
+    while changed:  # a skip can make more skips
+        changed = False
+        for step in steps:
+            key = step.step_key or ""
+            if status[key] != "blocked":
+                continue
+            needs = step.depends_on or []
+            broken = [need for need in needs if status.get(need) in FAILED_STEP_STATES]
+            if broken:
+                status[key] = "skipped"
+                reasons[key] = f"{key} needs {', '.join(broken)}, which did not complete"
+                changed = True
+            elif all(status.get(need) == "completed" for need in needs) and step not in ready:
+                ready.append(step)
+    for key, reason in reasons.items():
+        step = next(s for s in steps if s.step_key == key)
+        await queries.set_step_statuses(
+            [step.id],
+            ("blocked",),
+            now,
+            status="skipped",
+            error_code="agents.dependency_failed",
+            error_detail=reason,
+            finished_at=now,
+        )
+        step.status = "skipped"
+        step.error_code = "agents.dependency_failed"
+        step.error_detail = reason
+    if ready:
+        outcome.queued = await queries.set_step_statuses(
+            [step.id for step in ready], ("blocked",), now, status="queued"
+        )
+        for step in ready:
+            if step.id in outcome.queued:
+                step.status = "queued"
+                await bus.announce(session, step)
+    if any(step.status not in ("completed", *FAILED_STEP_STATES) for step in steps):
+        return outcome
+    await _close(session, queries, plan, steps, outcome, now)
+    return outcome
+
+
+async def _close(
+    session: AsyncSession,
+    queries: PlanQueries,
+    plan: Plan,
+    steps: list[Task],
+    outcome: Advance,
+    now: dt.datetime,
+) -> None:
+    done = [step for step in steps if step.status == "completed"]
+    plan.status = "completed" if len(done) == len(steps) else "partial" if done else "failed"
+    plan.finished_at = now
+    plan.updated_at = now
+    if plan.status == "failed":
+        plan.error_code = "agents.plan_failed"
+        plan.error_detail = "No task of the plan completed"
+    names = {item["id"]: item.get("agent_name") for item in plan.graph}
+    outcome.account = [
+        {
+            "id": step.step_key,
+            "task_id": str(step.id),
+            "agent": names.get(step.step_key or ""),
+            "status": step.status,
+            "error_code": step.error_code,
+            "error_detail": step.error_detail,
+        }
+        for step in steps
+    ]
+    content = _summary(plan, steps, names)
+    outcome.answer = ChatMessage(
+        id=new_id(),
+        user_id=plan.user_id,
+        project_id=plan.project_id,
+        session_id=plan.session_id,
+        role="assistant",
+        content=content,
+        agent_id=None,
+        task_id=plan.id,
+        created_at=now,
+    )
+    session.add(outcome.answer)
+    root_status = "failed" if plan.status == "failed" else "completed"
+    await queries.set_task(
+        plan.id,
+        ("waiting_plan",),
+        status=root_status,
+        result=content,
+        error_code=plan.error_code,
+        error_detail=plan.error_detail,
+        finished_at=now,
+        updated_at=now,
+    )
+    outcome.finished = plan
+
+
+def _summary(plan: Plan, steps: list[Task], names: dict[str, Any]) -> str:
+    """The plan's answer: the results of the steps nothing else builds on (the plan's
+    ends), then an account of the steps that did not complete."""
+    needed = {need for step in steps for need in (step.depends_on or [])}
+    ends = [step for step in steps if step.step_key not in needed and step.status == "completed"]
+    parts = [
+        (step.result or "").strip() if len(ends) == 1 else f"## {step.step_key}\n{step.result}"
+        for step in ends
+    ]
+    missing = [step for step in steps if step.status != "completed"]
+    if missing:
+        lines = [
+            f"- {step.step_key} ({names.get(step.step_key or '')}): {step.status}"
+            + (f" — {step.error_detail}" if step.error_detail else "")
+            for step in missing
+        ]
+        parts.append(
+            f"Plan {plan.status}: {len(steps) - len(missing)} of {len(steps)} tasks "
+            "completed.\n" + "\n".join(lines)
+        )
+    return "\n\n".join(part for part in parts if part) or f"Plan {plan.status}."
+
+
+async def cancel(
+    session: AsyncSession, user_id: UUID, plan: Plan, reason: str
+) -> tuple[list[UUID], Advance]:
+    """Cancel a plan that has not ended and its unfinished steps; the cancelled task ids
+    (for the runner to stop) and the account to publish."""
+    now = utcnow()
+    queries = PlanQueries(session, user_id)
+    steps = await queries.steps(plan.id)
+    cancelled = await queries.set_step_statuses(
+        [step.id for step in steps],
+        ("queued", "blocked", "running", "waiting_approval", "waiting_tool"),
+        now,
+        status="cancelled",
+        error_code="cancelled",
+        error_detail=reason,
+        finished_at=now,
+    )
+    if await queries.set_task(
+        plan.id,
+        ("queued", "running", "waiting_approval", "waiting_plan"),
+        status="cancelled",
+        error_code="cancelled",
+        error_detail=reason,
+        finished_at=now,
+        updated_at=now,
+    ):
+        cancelled.append(plan.id)
+    plan.status = "cancelled"
+    plan.error_code = "cancelled"
+    plan.error_detail = reason
+    plan.finished_at = now
+    plan.updated_at = now
+    for step in steps:
+        if step.id in cancelled:
+            step.status = "cancelled"
+    outcome = Advance(finished=plan)
+    outcome.account = [
+        {"id": step.step_key, "task_id": str(step.id), "status": step.status} for step in steps
+    ]
+    return cancelled, outcome
+
+
+# -- the run of a plan task ----------------------------------------------------------------
+
+
+class PlanRun:
+    """Make a plan for the task's message, or go on with it once its approval is decided."""
+
+    def __init__(self, runner: Runner, task: Task) -> None:
+        self.runner = runner
+        self.runtime = runner.runtime
+        self.kernel = runner.kernel
+        self.settings = runner.settings
+        self.task = task
+        self.user_id = task.user_id
+
+    async def _publish(self, event_type: EventType, payload: dict[str, Any]) -> None:
+        await self.runtime.events.publish(
+            self.user_id,
+            self.task.session_id,
+            event_type,
+            {"task_id": str(self.task.id), "plan_id": str(self.task.id), **payload},
+        )
+
+    async def execute(self) -> None:
+        try:
+            async with self.kernel.db.unit_of_work() as session:
+                plan = await PlanQueries(session, self.user_id).plan(self.task.id)
+            if plan is None:
+                await self._make()
+            elif plan.status == "awaiting_approval":
+                await self._decided(plan)
+            else:  # a plan already under way (a restart between two of its writes)
+                async with self.kernel.db.unit_of_work() as session:
+                    await RunnerQueries(session).save(self.task.id, utcnow(), status="waiting_plan")
+        except ProblemError as error:  # the gateway's and the bus's: stable codes
+            await self.runner.give_up_or_retry(self.task, error.code, error.detail or error.title)
+
+    # -- making the plan -------------------------------------------------------------------
+
+    async def _make(self) -> None:
+        now = utcnow()
+        async with self.kernel.db.unit_of_work() as session:
+            queries = PlanQueries(session, self.user_id)
+            config = Config.of(await queries.config())
+            cards = agent_cards(
+                await queries.agents(accepting_only=True), await queries.mean_durations()
+            )
+            message = await ChatQueries(session, self.user_id).get(
+                ChatMessage, self.task.message_id
+            )
+            cached = None
+            key = ""
+            if message is not None and cards:
+                key = planning.plan_cache_key(self.user_id, message.content, cards)
+                if self.settings.plan_cache_seconds:
+                    since = now - dt.timedelta(seconds=self.settings.plan_cache_seconds)
+                    cached = await queries.cached(key, since)
+        if message is None:
+            return  # the session went away with its message
+        if not cards:
+            raise NoAgents("You have no active agent that could take part in a plan")
+        self.task.started_at = self.task.started_at or now
+        async with self.kernel.db.unit_of_work() as session:
+            await RunnerQueries(session).save(self.task.id, now, started_at=self.task.started_at)
+        await self._publish(EventType.TASK_STARTED, {"kind": "plan"})
+        if cached is not None:
+            draft = draft_of(cached.graph)
+        else:
+            draft = await self.kernel.ai.llm.structured(
+                [
+                    Message(role=role, content=content)
+                    for role, content in planning.planner_messages(message.content, cards)
+                ],
+                planning.PlanDraft,
+                app="agents",
+                purpose=config.model,
+                user_id=self.user_id,
+                max_tokens=MAX_PLANNING_TOKENS,
+            )
+        try:
+            plan = planning.validate(draft, cards)
+        except planning.PlanInvalid as invalid:
+            await self._refuse(message, key, draft, config, invalid)
+            return
+        estimate = planning.estimate(
+            plan,
+            prices=self._prices(cards),
+            embedding_price=self._embedding_price(),
+            max_parallel=config.max_parallel_tasks,
+            request_tokens=planning.approximate_tokens(message.content),
+        )
+        await self._store(message, key, plan, estimate, config, cached)
+
+    def _prices(self, cards: list[planning.AgentCard]) -> dict[str, planning.Price]:
+        """Each agent model purpose's price, through the model its profile resolves to."""
+        configured = self.kernel.settings.ai.prices
+        prices: dict[str, planning.Price] = {}
+        for card in cards:
+            try:
+                model = self.kernel.ai.llm.profile(card.model).model
+            except ProblemError:
+                continue
+            price = configured.get(model)
+            if price is not None:
+                prices[card.model] = planning.Price(
+                    price.input_per_million, price.output_per_million
+                )
+        return prices
+
+    def _embedding_price(self) -> planning.Price | None:
+        price = self.kernel.settings.ai.prices.get(self.kernel.ai.embeddings_model)
+        return (
+            None
+            if price is None
+            else planning.Price(price.input_per_million, price.output_per_million)
+        )
+
+    def _new_plan(
+        self, message: ChatMessage, key: str, status: str, config: Config, **values: Any
+    ) -> Plan:
+        now = utcnow()
+        return Plan(
+            id=self.task.id,
+            user_id=self.user_id,
+            project_id=self.task.project_id,
+            session_id=self.task.session_id,
+            message_id=message.id,
+            request=message.content,
+            cache_key=key,
+            status=status,
+            max_parallel=config.max_parallel_tasks,
+            created_at=now,
+            updated_at=now,
+            **values,
+        )
+
+    async def _refuse(
+        self,
+        message: ChatMessage,
+        key: str,
+        draft: planning.PlanDraft,
+        config: Config,
+        invalid: planning.PlanInvalid,
+    ) -> None:
+        """Keep an invalid draft for the user to inspect and fail the message with the
+        reason (a cycle named with its path)."""
+        now = utcnow()
+        row = self._new_plan(
+            message,
+            key,
+            "invalid",
+            config,
+            graph=_draft_graph(draft),
+            waves=[],
+            estimate={},
+            error_code=invalid.code,
+            error_detail=invalid.detail,
+            finished_at=now,
+        )
+        async with self.kernel.db.unit_of_work() as session:
+            session.add(row)
+            await session.flush()
+            await RunnerQueries(session).save(
+                self.task.id,
+                now,
+                plan_id=row.id,
+                status="failed",
+                error_code=invalid.code,
+                error_detail=invalid.detail[:2000],
+                finished_at=now,
+            )
+        bus.FINISHED.labels("plan", "failed").inc()
+        await self._publish(
+            EventType.ERROR,
+            {"code": invalid.code, "detail": invalid.detail, "cycle": invalid.cycle},
+        )
+        await self._publish(
+            EventType.PLAN_COMPLETED,
+            {
+                "status": "invalid",
+                "error_code": invalid.code,
+                "detail": invalid.detail,
+                "cycle": None if invalid.cycle is None else list(invalid.cycle),
+            },
+        )
+
+    async def _store(
+        self,
+        message: ChatMessage,
+        key: str,
+        plan: planning.Plan,
+        estimate: planning.Estimate,
+        config: Config,
+        cached: Plan | None,
+    ) -> None:
+        reasons = []
+        if estimate.cost > config.approval_cost_threshold:
+            reasons.append(
+                f"estimated cost {estimate.cost:.4f} is over {config.approval_cost_threshold}"
+            )
+        if len(plan.steps) > config.approval_tasks_threshold:
+            reasons.append(f"{len(plan.steps)} tasks is over {config.approval_tasks_threshold}")
+        over_budget = estimate.cost > config.budget
+        status = "rejected" if over_budget else "awaiting_approval" if reasons else "running"
+        now = utcnow()
+        row = self._new_plan(
+            message,
+            key,
+            status,
+            config,
+            graph=graph_of(plan),
+            waves=[list(wave) for wave in plan.waves],
+            estimate=estimate.as_dict(),
+            cached_from=None if cached is None else cached.id,
+        )
+        if over_budget:
+            row.error_code = "agents.plan_over_budget"
+            row.error_detail = (
+                f"The plan's estimated cost {estimate.cost:.4f} is over your budget {config.budget}"
+            )
+            row.finished_at = now
+        steps: list[Task] = []
+        queued: list[UUID] = []
+        async with self.kernel.db.unit_of_work() as session:
+            session.add(row)
+            await session.flush()
+            runner_queries = RunnerQueries(session)
+            if over_budget:
+                await runner_queries.save(
+                    self.task.id,
+                    now,
+                    plan_id=row.id,
+                    status="failed",
+                    error_code=row.error_code,
+                    error_detail=row.error_detail,
+                    finished_at=now,
+                )
+            else:
+                await bus.admit(session, self.user_id, self.settings, None, adding=len(plan.steps))
+                for step in plan.steps:
+                    task = Task(
+                        id=new_id(),
+                        user_id=self.user_id,
+                        project_id=self.task.project_id,
+                        session_id=self.task.session_id,
+                        agent_id=step.agent.id,
+                        message_id=message.id,
+                        kind="step",
+                        plan_id=row.id,
+                        step_key=step.id,
+                        depends_on=list(step.depends_on),
+                        status="queued"
+                        if status == "running" and not step.depends_on
+                        else "blocked",
+                        state={},
+                        created_at=now,
+                        updated_at=now,
+                    )
+                    session.add(task)
+                    steps.append(task)
+                await session.flush()
+                for task in steps:
+                    if task.status == "queued":
+                        queued.append(task.id)
+                        await bus.announce(session, task)
+                await runner_queries.save(
+                    self.task.id,
+                    now,
+                    plan_id=row.id,
+                    status="waiting_approval" if reasons else "waiting_plan",
+                )
+                if reasons:
+                    approval = await self._approvals(session).request_plan(
+                        self.task,
+                        arguments={
+                            "plan_id": str(row.id),
+                            "tasks": len(plan.steps),
+                            "estimate": estimate.as_dict(),
+                        },
+                        reasons=reasons,
+                    )
+        await self._publish(EventType.PLAN_CREATED, {**plan_payload(row), "reasons": reasons})
+        if over_budget:
+            bus.FINISHED.labels("plan", "failed").inc()
+            await self._publish(
+                EventType.ERROR, {"code": row.error_code, "detail": row.error_detail}
+            )
+            await self._publish(
+                EventType.PLAN_COMPLETED,
+                {"status": "rejected", "error_code": row.error_code, "detail": row.error_detail},
+            )
+            return
+        if reasons:
+            await self._publish(
+                EventType.PLAN_APPROVAL_REQUIRED,
+                {
+                    "approval_id": str(approval.id),
+                    "estimate": estimate.as_dict(),
+                    "reasons": reasons,
+                    "expires_at": approval.expires_at.isoformat(),
+                },
+            )
+        for task_id in queued:
+            self.runtime.wake(task_id)
+
+    def _approvals(self, session: AsyncSession) -> ApprovalService:
+        return ApprovalService(
+            session, self.user_id, self.settings, self.runtime.events, self.runtime.wake
+        )
+
+    # -- after the approval ----------------------------------------------------------------
+
+    async def _decided(self, plan: Plan) -> None:
+        now = utcnow()
+        async with self.kernel.db.unit_of_work() as session:
+            approvals = await self._approvals(session).for_task(self.task.id)
+            decision = max(approvals, key=lambda approval: approval.created_at, default=None)
+            queries = PlanQueries(session, self.user_id)
+            row = await queries.plan(plan.id, lock=True)
+            if row is None or row.status != "awaiting_approval":
+                return
+            if decision is not None and decision.status == "approved":
+                row.status = "running"
+                row.updated_at = now
+                await session.flush()  # no autoflush: `advance` reads the plan again
+                await RunnerQueries(session).save(self.task.id, now, status="waiting_plan")
+                moved = await advance(session, self.user_id, row.id)
+                queued = moved.queued
+                moved.publish(session, self.runtime.events)
+                outcome = "approved"
+            else:
+                reason = (
+                    decision.reason
+                    if decision is not None and decision.reason
+                    else f"The plan's approval was {decision.status if decision else 'missing'}"
+                )
+                row.status = "rejected"
+                row.error_code = "agents.plan_rejected"
+                row.error_detail = reason
+                row.finished_at = now
+                row.updated_at = now
+                await queries.set_step_statuses(
+                    [step.id for step in await queries.steps(row.id)],
+                    ("blocked", "queued"),
+                    now,
+                    status="cancelled",
+                    error_code="agents.plan_rejected",
+                    finished_at=now,
+                )
+                await RunnerQueries(session).save(
+                    self.task.id,
+                    now,
+                    status="failed",
+                    error_code="agents.plan_rejected",
+                    error_detail=reason[:2000],
+                    finished_at=now,
+                )
+                queued = []
+                outcome = "rejected"
+        if outcome == "approved":
+            await self._publish(EventType.TASK_PROGRESS, {"stage": "plan_approved"})
+            for task_id in queued:
+                self.runtime.wake(task_id)
+        else:
+            bus.FINISHED.labels("plan", "rejected").inc()
+            await self._publish(
+                EventType.PLAN_COMPLETED,
+                {"status": "rejected", "error_code": "agents.plan_rejected", "detail": reason},
+            )
