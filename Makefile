@@ -33,7 +33,7 @@ test: install
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src/veche/kernel
+	$(BIN)/mypy src/veche
 	$(BIN)/lint-imports
 
 format: install

@@ -119,6 +119,32 @@ async def test_a_delete_that_rolls_back_keeps_the_workspace_files(
     assert still.status_code == 200
 
 
+async def test_the_trash_left_by_a_dead_process_is_swept_and_a_fresh_one_kept(
+    settings: Settings,
+) -> None:
+    from veche.apps.agents.workspace import WorkspaceRoot
+
+    root = WorkspaceRoot(settings.data_dir)
+    trash = root.root / ".trash"
+    trash.mkdir(parents=True, exist_ok=True)
+    left = trash / "left-by-a-crash"
+    (left / "notes").mkdir(parents=True)
+    (left / "notes" / "a.md").write_text("old\n")
+    outside = settings.data_dir / "outside-trash.txt"
+    outside.write_text("keep me\n")
+    (left / "link").symlink_to(outside)
+    fresh = trash / "transaction-in-flight"
+    fresh.mkdir()
+    # Both were moved in just now: within the grace period both stay; past it both go.
+    assert await root.sweep_trash(older_than=3600) == 0
+    assert await root.sweep_trash(older_than=-1) == 2
+    assert not left.exists()
+    assert not fresh.exists()
+    assert outside.read_text() == "keep me\n"  # a link is removed, never followed
+    assert await root.sweep_trash(older_than=-1) == 0
+    assert await WorkspaceRoot(settings.data_dir / "nowhere").sweep_trash() == 0
+
+
 async def test_the_row_keeps_the_workspace_relative_to_the_data_dir(
     http: httpx.AsyncClient, ann: Caller, agents_app: FastAPI
 ) -> None:

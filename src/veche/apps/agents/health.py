@@ -124,18 +124,20 @@ async def check_agents(kernel: Kernel, *, now: dt.datetime | None = None) -> dic
                 recovered += 1
         unstuck = await system.release_idle_busy(now)
         drained = await system.finish_draining()
-    released = 0
+    released = trashed = 0
     runtime: AgentsRuntime | None = kernel.apps.get(APP)
     if runtime is not None:
         released = await runtime.spaces.release_idle()
+        trashed = await runtime.workspaces.sweep_trash()
     result = {
         "recovered": recovered,
         "still_failing": still_failing,
         "unstuck": unstuck,
         "drained": drained,
         "spaces_released": released,
+        "trash_swept": trashed,
     }
-    if recovered or unstuck or released or drained:
+    if recovered or unstuck or released or drained or trashed:
         log.info("agents_health", **result)
     return result
 

@@ -242,8 +242,11 @@ class Run:
         }
         now = utcnow()
         self.task.started_at = self.task.started_at or now
-        await self._save(started_at=self.task.started_at)
         async with self.kernel.db.unit_of_work() as session:
+            if not await RunnerQueries(session).save(
+                self.task.id, now, state=self.state, started_at=self.task.started_at
+            ):
+                raise _Stopped
             await health.task_started(session, self.user_id, agent.id)
         await self._publish(EventType.TASK_STARTED, {"agent_id": str(agent.id)})
 

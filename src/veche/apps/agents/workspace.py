@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 from uuid import UUID
@@ -19,6 +20,9 @@ from veche.kernel.db import on_outcome
 PRIVATE = 0o700
 # Where deleted workspaces wait for their transaction's outcome (same filesystem: a rename).
 TRASH = ".trash"
+# A directory left in the trash this long belongs to no transaction still open: its
+# process died between the commit and the deletion.
+TRASH_GRACE_SECONDS = 3600
 
 
 class WorkspaceRoot:
@@ -57,6 +61,34 @@ class WorkspaceRoot:
             os.rename(aside, path)
 
         on_outcome(session, committed=delete_aside, rolled_back=put_back)
+
+    async def sweep_trash(self, older_than: float = TRASH_GRACE_SECONDS) -> int:
+        """Delete what deletions left in the trash (a process that died after its commit);
+        how many directories went. Age is the directory's status-change time, which the
+        rename into the trash set."""
+        return await asyncio.to_thread(self._sweep_trash, older_than)
+
+    def _sweep_trash(self, older_than: float) -> int:
+        trash = self.root / TRASH
+        try:
+            entries = list(os.scandir(trash))
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - older_than
+        swept = 0
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_ctime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                self._remove(Path(entry.path))
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            swept += 1
+        return swept
 
     @staticmethod
     def _move_aside(path: Path, aside: Path) -> bool:

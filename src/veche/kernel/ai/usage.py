@@ -105,8 +105,8 @@ class UsageLedger:
         statement = select(
             func.coalesce(func.sum(AIUsage.prompt_tokens + AIUsage.completion_tokens), 0)
         ).where(AIUsage.user_id == user_id, AIUsage.created_at >= start)
-        async with self._db.unit_of_work() as session:
-            used = int((await session.scalar(statement)) or 0)
+        row = await self._db.read_one(statement)  # one read: no transaction of its own
+        used = int((row[0] if row is not None else 0) or 0)
         return Budget(
             daily_tokens=self._settings.daily_token_budget,
             used_today=used,

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -150,6 +151,85 @@ class ChatQueries(Scoped):
         return list(cancelled.all())
 
 
+@functools.cache
+def _runnable_statements(limit: int) -> tuple[Select[Any], Select[UUID], Select[UUID]]:
+    """The runner's three look-ups for work, built once (they run on every pass): queued
+    tasks that may start (`now` bound at execution), and paused ones whose approvals, or
+    client tool calls, are all answered."""
+    earlier = aliased(Task)
+    ahead = (
+        select(earlier.id)
+        .where(
+            earlier.session_id == Task.session_id,
+            earlier.kind != "step",
+            earlier.status.in_(ACTIVE_TASK_STATES),
+            (earlier.created_at < Task.created_at)
+            | ((earlier.created_at == Task.created_at) & (earlier.id < Task.id)),
+        )
+        .exists()
+    )
+    sibling = aliased(Task)
+    busy_steps = (
+        select(func.count())
+        .where(sibling.plan_id == Task.plan_id, sibling.status.in_(STEP_SLOT_STATES))
+        .scalar_subquery()
+    )
+    plan_slots = select(Plan.max_parallel).where(Plan.id == Task.plan_id).scalar_subquery()
+    peer = aliased(Task)
+    busy_runs = (
+        select(func.count())
+        .where(peer.agent_id == Task.agent_id, peer.status == "running")
+        .scalar_subquery()
+    )
+    agent_slots = (
+        select(Agent.config["concurrency_limit"].as_integer())
+        .where(Agent.id == Task.agent_id)
+        .scalar_subquery()
+    )
+    now = bindparam("now", type_=Task.not_before.type)
+    queued = (
+        select(
+            Task.id,
+            Task.kind,
+            Task.plan_id,
+            plan_slots - busy_steps,
+            Task.agent_id,
+            agent_slots - busy_runs,
+        )
+        .where(
+            Task.status == "queued",
+            Task.not_before.is_(None) | (Task.not_before <= now),
+            Task.agent_id.is_(None) | (agent_slots > busy_runs),
+            ((Task.kind == "step") & (plan_slots > busy_steps)) | ((Task.kind != "step") & ~ahead),
+        )
+        .order_by(Task.created_at, Task.id)
+        .limit(limit)
+    )
+    pending_approval = (
+        select(Approval.id)
+        .where(Approval.task_id == Task.id, Approval.status == "pending")
+        .exists()
+    )
+    waiting_approval = (
+        select(Task.id)
+        .where(Task.status == "waiting_approval", ~pending_approval)
+        .order_by(Task.updated_at)
+        .limit(limit)
+    )
+    open_call = (
+        select(ClientToolCall.id)
+        .where(ClientToolCall.task_id == Task.id, ClientToolCall.status == "requested")
+        .exists()
+    )
+    waiting_tool = (
+        select(Task.id)
+        .where(Task.status == "waiting_tool", ~open_call)
+        .order_by(Task.updated_at)
+        .limit(limit)
+    )
+    return queued, waiting_approval, waiting_tool
+
+
 @dataclass(frozen=True, slots=True)
 class Runnable:
     """A task the runner may claim now, from `status`, with the room left for more tasks
@@ -178,55 +258,8 @@ class RunnerQueries:
         its `max_parallel`), and paused ones whose approvals or tool calls are all
         answered. Each carries how many more tasks of its agent and plan may start, so a
         caller claiming several at once keeps within both."""
-        earlier = aliased(Task)
-        ahead = (
-            select(earlier.id)
-            .where(
-                earlier.session_id == Task.session_id,
-                earlier.kind != "step",
-                earlier.status.in_(ACTIVE_TASK_STATES),
-                (earlier.created_at < Task.created_at)
-                | ((earlier.created_at == Task.created_at) & (earlier.id < Task.id)),
-            )
-            .exists()
-        )
-        sibling = aliased(Task)
-        busy_steps = (
-            select(func.count())
-            .where(sibling.plan_id == Task.plan_id, sibling.status.in_(STEP_SLOT_STATES))
-            .scalar_subquery()
-        )
-        plan_slots = select(Plan.max_parallel).where(Plan.id == Task.plan_id).scalar_subquery()
-        peer = aliased(Task)
-        busy_runs = (
-            select(func.count())
-            .where(peer.agent_id == Task.agent_id, peer.status == "running")
-            .scalar_subquery()
-        )
-        agent_slots = (
-            select(Agent.config["concurrency_limit"].as_integer())
-            .where(Agent.id == Task.agent_id)
-            .scalar_subquery()
-        )
-        rows = await self.session.execute(
-            select(
-                Task.id,
-                Task.kind,
-                Task.plan_id,
-                plan_slots - busy_steps,
-                Task.agent_id,
-                agent_slots - busy_runs,
-            )
-            .where(
-                Task.status == "queued",
-                Task.not_before.is_(None) | (Task.not_before <= now),
-                Task.agent_id.is_(None) | (agent_slots > busy_runs),
-                ((Task.kind == "step") & (plan_slots > busy_steps))
-                | ((Task.kind != "step") & ~ahead),
-            )
-            .order_by(Task.created_at, Task.id)
-            .limit(limit)
-        )
+        queued, waiting_approval, waiting_tool = _runnable_statements(limit)
+        rows = await self.session.execute(queued, {"now": now})
         found = [
             Runnable(
                 task_id,
@@ -238,30 +271,12 @@ class RunnerQueries:
             )
             for task_id, kind, plan_id, plan_free, agent_id, agent_free in rows.all()
         ]
-        pending_approval = (
-            select(Approval.id)
-            .where(Approval.task_id == Task.id, Approval.status == "pending")
-            .exists()
-        )
-        waiting_approval = await self.session.scalars(
-            select(Task.id)
-            .where(Task.status == "waiting_approval", ~pending_approval)
-            .order_by(Task.updated_at)
-            .limit(limit)
-        )
-        found.extend(Runnable(task_id, "waiting_approval") for task_id in waiting_approval.all())
-        open_call = (
-            select(ClientToolCall.id)
-            .where(ClientToolCall.task_id == Task.id, ClientToolCall.status == "requested")
-            .exists()
-        )
-        waiting_tool = await self.session.scalars(
-            select(Task.id)
-            .where(Task.status == "waiting_tool", ~open_call)
-            .order_by(Task.updated_at)
-            .limit(limit)
-        )
-        found.extend(Runnable(task_id, "waiting_tool") for task_id in waiting_tool.all())
+        for status, statement in (
+            ("waiting_approval", waiting_approval),
+            ("waiting_tool", waiting_tool),
+        ):
+            paused = await self.session.scalars(statement)
+            found.extend(Runnable(task_id, status) for task_id in paused.all())
         return found
 
     async def get(self, task_id: UUID) -> Task | None:
@@ -269,8 +284,9 @@ class RunnerQueries:
         return row
 
     async def claim(self, task_id: UUID, from_status: str, now: dt.datetime) -> Task | None:
-        """Move a task to `running` if it is still in `from_status`; the task if it was."""
-        outcome = await self.session.execute(
+        """Move a task to `running` if it is still in `from_status`; the task if it was
+        (one statement: the update returns the row)."""
+        row: Task | None = await self.session.scalar(
             update(Task)
             .where(Task.id == task_id, Task.status == from_status)
             .values(
@@ -280,12 +296,8 @@ class RunnerQueries:
                 attempts=Task.attempts + (1 if from_status == "queued" else 0),
                 not_before=None,
             )
-            .execution_options(synchronize_session=False)
-        )
-        if rowcount(outcome) != 1:
-            return None
-        row: Task | None = await self.session.scalar(
-            select(Task).where(Task.id == task_id).execution_options(populate_existing=True)
+            .returning(Task)
+            .execution_options(populate_existing=True)
         )
         return row
 

@@ -24,7 +24,7 @@ class MemoryQueries(Scoped):
     # Bound parameters per statement stay far below SQLite's limit (32,766).
     ID_BATCH = 1000
 
-    def _ids(self, agent_id: UUID) -> Select[tuple[UUID]]:
+    def _ids(self, agent_id: UUID) -> Select[UUID]:
         return select(MemoryEntry.id).where(
             MemoryEntry.user_id == self.user_id, MemoryEntry.agent_id == agent_id
         )
@@ -53,7 +53,7 @@ class MemoryQueries(Scoped):
         success: bool | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
-    ) -> Select[tuple[UUID]]:
+    ) -> Select[UUID]:
         clauses = _memory_clauses(project_id, type, success, since, until)
         return self._ids(agent_id).where(*clauses)
 
@@ -110,9 +110,7 @@ class MemoryQueries(Scoped):
         statement = self.entries_after_statement(agent_id, project_id, after, limit)
         return list((await self.session.scalars(statement)).all())
 
-    def ids_beyond_statement(
-        self, agent_id: UUID, project_id: UUID, keep: int
-    ) -> Select[tuple[UUID]]:
+    def ids_beyond_statement(self, agent_id: UUID, project_id: UUID, keep: int) -> Select[UUID]:
         return (
             self._ids(agent_id)
             .where(MemoryEntry.project_id == project_id)
@@ -127,7 +125,7 @@ class MemoryQueries(Scoped):
 
     def ids_older_than_statement(
         self, agent_id: UUID, project_id: UUID | None, before: dt.datetime
-    ) -> Select[tuple[UUID]]:
+    ) -> Select[UUID]:
         return self._ids(agent_id).where(*_memory_clauses(project_id, None, None, None, before))
 
     async def ids_older_than(
@@ -136,7 +134,7 @@ class MemoryQueries(Scoped):
         statement = self.ids_older_than_statement(agent_id, project_id, before)
         return list((await self.session.scalars(statement)).all())
 
-    def memory_projects_statement(self, agent_id: UUID) -> Select[tuple[UUID]]:
+    def memory_projects_statement(self, agent_id: UUID) -> Select[UUID]:
         return (
             select(MemoryEntry.project_id)
             .where(MemoryEntry.user_id == self.user_id, MemoryEntry.agent_id == agent_id)
@@ -181,7 +179,9 @@ class MemoryQueries(Scoped):
         statement = self.delete_memory_statement(agent_id=agent_id, project_id=project_id)
         return rowcount(await self.session.execute(statement))
 
-    def totals_statement(self, agent_id: UUID, project_id: UUID | None) -> Select[Any]:
+    def totals_statement(
+        self, agent_id: UUID, project_id: UUID | None
+    ) -> Select[int, int, int, dt.datetime, dt.datetime]:
         return select(
             func.count(),
             func.coalesce(func.sum(MemoryEntry.size_bytes), 0),
@@ -202,7 +202,7 @@ class MemoryQueries(Scoped):
         oldest, newest = (_aware(value) for value in (row[3], row[4]))
         return int(row[0]), int(row[1]), int(row[2]), oldest, newest
 
-    def counts_by_type_statement(self, agent_id: UUID, project_id: UUID | None) -> Select[Any]:
+    def counts_by_type_statement(self, agent_id: UUID, project_id: UUID | None) -> Select[str, int]:
         return (
             select(MemoryEntry.type, func.count())
             .where(
