@@ -7,6 +7,7 @@ services on a real session, and every table is emptied after each test.
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -86,6 +87,10 @@ async def migrated(data_dir: Path, database_url: str) -> str:
 
 
 async def empty_tables(settings: Settings) -> None:
+    # An app a test built and let go may still hold a SQLite connection, and with it the
+    # write lock, until it is collected ("database is locked" here, seen in full runs
+    # only): collect first.
+    gc.collect()
     engine = create_engine(settings)
     async with engine.begin() as connection:
         for table in reversed(Base.metadata.sorted_tables):
