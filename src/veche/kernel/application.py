@@ -6,8 +6,9 @@ modules in, and tests pass their own.
 
 from __future__ import annotations
 
+import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import structlog
@@ -34,6 +35,16 @@ from veche.settings import Settings
 
 VERSION = "0.1.0"
 log = structlog.get_logger("veche.app")
+# What each shutdown step may take beyond the realtime shutdown timeout.
+SHUTDOWN_STEP_SLACK = 10.0
+
+
+async def _bounded(step: str, work: Awaitable[None], seconds: float) -> None:
+    """Await one shutdown step for at most `seconds`; past that it is cancelled and logged."""
+    try:
+        await asyncio.wait_for(work, seconds)
+    except TimeoutError:
+        log.error("shutdown_step_timed_out", step=step, seconds=seconds)
 
 
 def readiness_checks(kernel: Kernel, modules: Sequence[AppModule]) -> dict[str, ReadinessCheck]:
@@ -96,13 +107,17 @@ def _lifespan(
         finally:
             if untune is not None:
                 untune()
+            # Each step is bounded: one that hangs (a backend that never answers) is logged
+            # and passed over, so the process still ends.
+            bound = kernel.settings.realtime.shutdown_timeout_seconds + SHUTDOWN_STEP_SLACK
             # First: open streams hold uvicorn's shutdown until they end.
-            await kernel.realtime.stop()
-            await scheduler.stop()
-            await kernel.events.stop()  # publishes what is left in the outbox, drains NATS
+            await _bounded("realtime", kernel.realtime.stop(), bound)
+            await _bounded("scheduler", scheduler.stop(), bound)
+            # Publishes what is left in the outbox, drains NATS.
+            await _bounded("events", kernel.events.stop(), bound)
             for module in reversed(modules):
                 for hook in module.on_shutdown:
-                    await hook(kernel)
+                    await _bounded(f"app {module.name}", hook(kernel), bound)
             await kernel.close()
             if app.state.tracer_provider is not None:
                 app.state.tracer_provider.shutdown()

@@ -71,6 +71,7 @@ def _fits(room: dict[UUID, int], candidate: Runnable) -> bool:
 HEARTBEAT = dt.timedelta(seconds=20)
 STALE_AFTER = dt.timedelta(seconds=90)
 CLAIM_BATCH = 16
+STOP_TIMEOUT_SECONDS = 10.0
 
 
 class Runner:
@@ -105,7 +106,9 @@ class Runner:
         running = list(self._running)
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # A run cut short ends at its next await; none may hold the shutdown for long.
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
         self._main = None
         self._running.clear()
         bus.IN_FLIGHT.set(0)

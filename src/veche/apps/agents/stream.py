@@ -32,6 +32,8 @@ from veche.kernel.realtime import ChannelPolicy, Hub
 log = structlog.get_logger("veche.agents.stream")
 
 CHANNEL_PREFIX = "agents_session:"
+# How long closing waits for the events still queued to reach the hub.
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 class EventType(StrEnum):
@@ -155,7 +157,10 @@ class SessionEvents:
             await self._queue.join()
 
     async def aclose(self) -> None:
-        await self.flush()
+        """Publish what is queued, for at most `CLOSE_TIMEOUT_SECONDS` (a hub whose
+        backend has already gone may never take it), then stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT_SECONDS)
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
