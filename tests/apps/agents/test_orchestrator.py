@@ -594,6 +594,7 @@ async def test_the_endpoints_need_a_token_and_hide_other_users_plans(
         ("POST", f"/plans/{uuid4()}/cancel"),
         ("GET", "/bus"),
         ("POST", f"/agents/{uuid4()}/deregister"),
+        ("POST", f"/agents/{uuid4()}/register"),
     ):
         response = await http.request(method, f"{PREFIX}{path}", json={})
         assert_problem(response, 401, "unauthorized")
@@ -618,6 +619,14 @@ async def test_the_endpoints_need_a_token_and_hide_other_users_plans(
         f"{PREFIX}/agents/{setup.agents['writer']['id']}/deregister", headers=bob.headers
     )
     assert_problem(robbed, 404, "agents.agent_not_found")
+    revived = await http.post(
+        f"{PREFIX}/agents/{setup.agents['writer']['id']}/register", headers=bob.headers
+    )
+    assert_problem(revived, 404, "agents.agent_not_found")
+    # The bus shows each user only their own agents.
+    assert (await http.get(f"{PREFIX}/bus", headers=bob.headers)).json()["agents"] == []
+    mine_on_bus = (await http.get(f"{PREFIX}/bus", headers=ann.headers)).json()["agents"]
+    assert {agent["name"] for agent in mine_on_bus} == {"researcher", "writer"}
     malformed = await http.get(f"{PREFIX}/plans/not-a-uuid", headers=ann.headers)
     assert_problem(malformed, 422, "validation_failed")
     oversized = await http.put(

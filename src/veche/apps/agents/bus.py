@@ -101,7 +101,7 @@ async def admit(
             raise QueueFull(
                 f"Agent {agent.name!r} already has {waiting} tasks waiting (at most "
                 f"{settings.agent_queue_limit}); try again later",
-                headers={"Retry-After": str(_retry_after(waiting, agent, None))},
+                headers={"Retry-After": str(_retry_after(waiting, agent))},
             )
     waiting = await queries.waiting()
     if waiting + adding > settings.user_queue_limit:
@@ -109,15 +109,15 @@ async def admit(
         raise QueueFull(
             f"You already have {waiting} tasks waiting (at most {settings.user_queue_limit}); "
             "try again later",
-            headers={"Retry-After": str(_retry_after(waiting, None, None))},
+            headers={"Retry-After": str(_retry_after(waiting, None))},
         )
 
 
-def _retry_after(waiting: int, agent: Agent | None, mean_seconds: float | None) -> int:
+def _retry_after(waiting: int, agent: Agent | None) -> int:
     """Seconds until the queue has probably moved enough: the waiting tasks over the
-    agent's concurrency, times a task's usual length; between 1 and 300."""
+    agent's concurrency, times DEFAULT_TASK_SECONDS; between 1 and 300."""
     lanes = int(agent.config.get("concurrency_limit", 3)) if agent is not None else 3
-    seconds = waiting / max(lanes, 1) * (mean_seconds or DEFAULT_TASK_SECONDS)
+    seconds = waiting / max(lanes, 1) * DEFAULT_TASK_SECONDS
     return max(1, min(300, math.ceil(seconds)))
 
 

@@ -12,7 +12,7 @@ user's machine); their results go back in until the model answers. The task's `s
 - a run whose task was cancelled notices at its next save and stops;
 - a run whose process died is re-queued once its heartbeat is stale.
 
-A `plan` task runs as `orchestrator.PlanRun` (planning, then waiting for its steps); a
+A `plan` task runs as `plan_run.PlanRun` (planning, then waiting for its steps); a
 plan's `step` tasks run like chat tasks, side by side up to the plan's `max_parallel`.
 A run that fails for a transient reason is queued again with backoff (`bus`). At
 shutdown the tasks running here go back to the queue at once.
@@ -35,6 +35,7 @@ import structlog
 from veche.apps.agents import bus, orchestrator
 from veche.apps.agents.approvals import sweep_approvals
 from veche.apps.agents.models import Task
+from veche.apps.agents.plan_run import PlanRun
 from veche.apps.agents.repository import PlanQueries, RunnerQueries
 from veche.apps.agents.repository.chat import Runnable
 from veche.apps.agents.run import Run
@@ -274,7 +275,7 @@ class Runner:
     async def _run(self, task: Task, *, resumed: bool) -> None:
         try:
             if task.kind == "plan":
-                await orchestrator.PlanRun(self, task).execute()
+                await PlanRun(self, task).execute()
             else:
                 await Run(self, task).execute(resumed=resumed)
         except asyncio.CancelledError:
