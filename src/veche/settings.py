@@ -261,6 +261,11 @@ class Settings(BaseSettings):
     # are otherwise dropped by `pool_recycle` and replaced after the first failed use.
     database_pre_ping: bool = False
     sqlite_busy_timeout_ms: PositiveInt = 5000
+    # How often the scheduled job refreshes SQLite's planner statistics (ANALYZE); without
+    # them SQLite picks a user's index over the primary key for `id IN (...)` look-ups.
+    sqlite_analyze_interval_seconds: PositiveInt = 3600
+    # Rows ANALYZE samples per index (SQLite's `analysis_limit`): bounded cost on any size.
+    sqlite_analysis_limit: PositiveInt = 1000
 
     redis_url: str | None = None
     events_url: str | None = None

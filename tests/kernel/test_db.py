@@ -3,7 +3,9 @@ build exactly the schema the models describe."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,6 +24,7 @@ from veche.kernel.audit import AuditEvent
 from veche.kernel.db import Base, Database, create_engine, new_id
 from veche.kernel.errors import Conflict, ProblemError
 from veche.kernel.identity.models import AuthSession
+from veche.kernel.jobs import STATISTICS_JOB, ScheduledJob, Scheduler, kernel_jobs
 from veche.migrate import current_revision, downgrade, head_revision, upgrade
 from veche.registry import load_modules
 from veche.settings import Settings
@@ -166,6 +169,45 @@ async def test_ping_and_pool_status(kernel: Kernel) -> None:
     assert kernel.db.dialect in ("sqlite", "postgresql")
 
 
+async def test_refreshed_statistics_steer_a_users_id_lookup_to_the_primary_key(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Without statistics SQLite guesses ten rows per value of any index, so for
+    `user_id = ? AND id IN (...)` with more than ten ids it walks the user's index; after
+    the statistics job it takes the primary key."""
+    db = Database(settings, f"sqlite+aiosqlite:///{tmp_path / 'planner.db'}")
+    ids = [f"n{n}" for n in range(0, 260, 20)]
+    marks = ", ".join("?" * len(ids))
+    lookup = f"EXPLAIN QUERY PLAN SELECT * FROM notes WHERE user_id = ? AND id IN ({marks})"  # noqa: S608
+    values = ("u1", *ids)
+    try:
+        async with db.engine.begin() as connection:
+            await connection.exec_driver_sql(
+                "CREATE TABLE notes (id TEXT PRIMARY KEY, user_id TEXT NOT NULL, body TEXT)"
+            )
+            await connection.exec_driver_sql("CREATE INDEX ix_notes_user_id ON notes (user_id)")
+            await connection.exec_driver_sql(
+                "INSERT INTO notes (id, user_id, body) VALUES (:id, 'u1', 'text')",
+                [{"id": f"n{n}"} for n in range(2_000)],
+            )
+        async with db.engine.connect() as connection:
+            before = (await connection.exec_driver_sql(lookup, values)).all()
+        assert await db.refresh_statistics(analysis_limit=500) is True
+        async with db.engine.connect() as connection:
+            after = (await connection.exec_driver_sql(lookup, values)).all()
+    finally:
+        await db.dispose()
+
+    assert "ix_notes_user_id" in str(before)
+    assert "ix_notes_user_id" not in str(after)
+    assert "sqlite_autoindex_notes_1" in str(after)
+
+
+async def test_statistics_refresh_is_left_to_postgresql(kernel: Kernel) -> None:
+    ran = await kernel.db.refresh_statistics()
+    assert ran is (kernel.db.dialect == "sqlite")
+
+
 # -- units of work ----------------------------------------------------------------------
 
 
@@ -294,3 +336,40 @@ async def test_read_one_returns_detached_rows_or_none(kernel: Kernel) -> None:
 def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a SQLite file"):
         Database(make_settings(tmp_path, "sqlite+aiosqlite:///:memory:"))
+
+
+async def test_the_statistics_job_is_sqlites_and_waits_one_interval(kernel: Kernel) -> None:
+    jobs = kernel_jobs(kernel)
+    if kernel.db.dialect != "sqlite":
+        assert jobs == []
+        return
+    (job,) = jobs
+    assert job.name == STATISTICS_JOB
+    assert job.interval == dt.timedelta(seconds=kernel.settings.sqlite_analyze_interval_seconds)
+    assert job.at_startup is False
+
+    ran: list[str] = []
+
+    async def record(_kernel: Kernel, name: str) -> None:
+        ran.append(name)
+
+    hour = dt.timedelta(hours=1)
+    scheduler = Scheduler(
+        kernel,
+        [
+            ScheduledJob("test.at_startup", hour, functools.partial(record, name="now")),
+            ScheduledJob(
+                "test.later", hour, functools.partial(record, name="later"), at_startup=False
+            ),
+        ],
+    )
+    scheduler.start()
+    try:
+        for _ in range(100):
+            if ran:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+    finally:
+        await scheduler.stop()
+    assert ran == ["now"]

@@ -23,7 +23,7 @@ from veche.kernel.errors import install_error_handlers
 from veche.kernel.events.routes import router as events_admin_router
 from veche.kernel.http import RequestMiddleware
 from veche.kernel.identity.routes import auth_router, me_router
-from veche.kernel.jobs import Scheduler
+from veche.kernel.jobs import Scheduler, kernel_jobs
 from veche.kernel.modules import AppModule, ReadinessCheck
 from veche.kernel.observability import health
 from veche.kernel.observability.logging import configure_logging
@@ -86,7 +86,8 @@ def _lifespan(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        scheduler = Scheduler(kernel, [job for module in modules for job in module.jobs])
+        jobs = kernel_jobs(kernel) + [job for module in modules for job in module.jobs]
+        scheduler = Scheduler(kernel, jobs)
         if problems := kernel.ai.problems():
             # Refused now, with every reason, rather than at some user's first AI request.
             lines = "\n".join(f"  - {problem}" for problem in problems)

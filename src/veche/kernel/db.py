@@ -276,6 +276,23 @@ class Database:
             else:
                 await session.commit()
 
+    async def refresh_statistics(self, analysis_limit: int = 1000) -> bool:
+        """Refresh SQLite's query-planner statistics; True if it ran.
+
+        Without statistics SQLite prefers any equality index, so `user_id = ? AND id IN
+        (...)` walks every row of the user through their index instead of taking the
+        primary key (18 ms instead of 0.1 ms at 100,000 rows). `analysis_limit` samples
+        that many rows per index, so the cost stays bounded as tables grow. PostgreSQL's
+        autovacuum keeps its own statistics: nothing to do there.
+        """
+        if self.dialect != "sqlite":
+            return False
+        async with self.engine.connect() as connection:
+            await connection.exec_driver_sql(f"PRAGMA analysis_limit={int(analysis_limit)}")
+            await connection.exec_driver_sql("ANALYZE")
+            await connection.commit()
+        return True
+
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
             await connection.execute(text("SELECT 1"))

@@ -43,6 +43,8 @@ class ScheduledJob:
     name: str
     interval: dt.timedelta
     run: Callable[[Kernel], Awaitable[None]]
+    # False: the first run comes one interval after startup, not at once.
+    at_startup: bool = True
 
 
 HOLDER = f"{socket.gethostname()}:{os.getpid()}"
@@ -84,6 +86,8 @@ class Scheduler:
             self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.name}"))
 
     async def _loop(self, job: ScheduledJob) -> None:
+        if not job.at_startup:
+            await asyncio.sleep(job.interval.total_seconds())
         while True:
             await self.run_once(job)
             await asyncio.sleep(job.interval.total_seconds())
@@ -105,3 +109,23 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+
+
+STATISTICS_JOB = "kernel.db.statistics"
+
+
+async def refresh_statistics(kernel: Kernel) -> None:
+    settings = kernel.settings
+    if await kernel.db.refresh_statistics(settings.sqlite_analysis_limit):
+        log.info("database_statistics_refreshed")
+
+
+def kernel_jobs(kernel: Kernel) -> list[ScheduledJob]:
+    """The kernel's own scheduled jobs. On SQLite: refresh the planner's statistics every
+    `sqlite_analyze_interval_seconds` as tables grow (they are kept in the database file,
+    so a restart does not need a run at once)."""
+    if kernel.db.dialect != "sqlite":
+        return []
+    interval = dt.timedelta(seconds=kernel.settings.sqlite_analyze_interval_seconds)
+    job = ScheduledJob(STATISTICS_JOB, interval, refresh_statistics, at_startup=False)
+    return [job]
