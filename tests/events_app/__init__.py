@@ -26,6 +26,12 @@ class EntryVoided(BaseModel):
     entry_id: str
 
 
+class EntryNoted(BaseModel):
+    """Consumed by nobody: the journal, of two other types, must never see it."""
+
+    entry_id: str
+
+
 class AuditorRefused(RuntimeError):
     pass
 
@@ -60,6 +66,10 @@ async def journal(event: Event, context: ConsumerContext) -> None:
 module = AppModule(
     name="ledger",
     manifest=Manifest.from_package("tests.events_app"),
-    events={"ledger.entry.recorded": EntryRecorded, "ledger.entry.voided": EntryVoided},
+    events={
+        "ledger.entry.recorded": EntryRecorded,
+        "ledger.entry.voided": EntryVoided,
+        "ledger.entry.noted": EntryNoted,
+    },
     consumers=[audit_entry, journal],
 )

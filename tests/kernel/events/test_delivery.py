@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 
 from tests.conftest import TEST_EVENTS_URL
-from tests.events_app import EntryRecorded, EntryVoided
+from tests.events_app import EntryNoted, EntryRecorded, EntryVoided
 from tests.kernel.events.conftest import eventually, handled_count
 from veche.kernel import Kernel
 from veche.kernel.events import (
@@ -61,6 +61,24 @@ async def test_an_emitted_event_carries_the_envelope_and_is_delivered(
         row = await session.get(OutboxEvent, event.id)
     assert row is not None
     assert row.published_at is not None
+
+
+async def test_a_consumer_of_several_types_never_sees_another_type_of_the_app(
+    ledger_app: StartApp,
+) -> None:
+    """NATS servers before 2.10 ignore a consumer's several filter subjects and deliver the
+    app's whole stream: the kernel skips what the consumer did not ask for."""
+    kernel: Kernel = (await ledger_app()).state.kernel
+    async with kernel.db.unit_of_work() as session:
+        noted = await emit(session, "ledger.entry.noted", EntryNoted(entry_id="e-1"))
+    recorded = await emit_entry(kernel, 3)
+
+    async def journaled() -> bool:
+        return await handled_count(kernel, JOURNAL, recorded.id) == 1
+
+    # The stream keeps the order: once the later event is journaled the earlier is decided.
+    await eventually(journaled)
+    assert await handled_count(kernel, JOURNAL, noted.id) == 0
 
 
 async def test_an_event_emitted_in_a_rolled_back_transaction_is_never_delivered(

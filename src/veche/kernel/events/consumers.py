@@ -111,7 +111,12 @@ async def handle_once(
             done = await session.get(ProcessedEvent, (handler.name, event.id))
             if done is None:
                 session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
-                await session.flush()
+                if kernel.db.dialect != "sqlite":
+                    # Claimed before the work: another worker's insert of the same row
+                    # waits for this transaction's outcome instead of doing the work too.
+                    # Not on SQLite, where that insert would hold the one write lock for
+                    # the whole handler (a model call, a backoff of the gateway's own).
+                    await session.flush()
                 context = ConsumerContext(session, kernel, handler.name, attempt)
                 try:
                     await handler(event, context)

@@ -237,10 +237,17 @@ class NatsBackend:
         readable: list[tuple[Msg, Event]] = []
         for message in messages:
             try:
-                readable.append((message, Event.model_validate_json(message.data)))
+                event = Event.model_validate_json(message.data)
             except ValidationError:
                 log.error("event_unreadable", consumer=consumer.name, subject=message.subject)
                 await message.term()  # never readable: redelivering it cannot help
+                continue
+            if event.type not in consumer.event_types:
+                # Servers before NATS 2.10 ignore `filter_subjects` and deliver the whole
+                # stream to a consumer of several types: what it did not ask for is skipped.
+                await message.ack()
+                continue
+            readable.append((message, event))
         if await handle_batch(kernel, consumer, [event for _, event in readable]):
             for message, _ in readable:
                 await message.ack()
