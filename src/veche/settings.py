@@ -47,6 +47,10 @@ DEFAULT_RATE_LIMITS = {
     # The blog app: writes (posts, comments, blogs) and media uploads (CPU-heavy).
     "blog_write": "120/minute",
     "blog_media": "30/minute",
+    # The blog's messenger: messages sent (WebSocket and POST share it), and the typing
+    # indicators and read receipts clients send over the WebSocket.
+    "blog_messages": "100/minute",
+    "blog_signals": "120/minute",
 }
 
 
@@ -194,13 +198,33 @@ class StorageSettings(BaseModel):
 
 
 class BlogSettings(BaseModel):
-    """The blog app (`VECHE_BLOG__*`): scheduled publishing and orphaned media."""
+    """The blog app (`VECHE_BLOG__*`): scheduled publishing, orphaned media, caching and
+    AI suggestions."""
 
     # Scheduled posts are looked for this often (the job ticks every 5 seconds).
     publish_interval_seconds: Annotated[float, Field(ge=5, le=3600)] = 5.0
     # Uploads attached to nothing for this long are deleted by the cleanup job.
     orphan_media_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 24.0
     orphan_sweep_interval_seconds: Annotated[float, Field(ge=1, le=86_400)] = 3600.0
+    # The messenger: the longest message body (characters) and the most members of a group
+    # conversation, its creator included.
+    message_max_chars: Annotated[int, Field(ge=1, le=100_000)] = 4000
+    group_max_members: Annotated[int, Field(ge=2, le=1000)] = 50
+    # Cached first feed pages and `/me` (Redis with VECHE_REDIS_URL, else memory). Events
+    # invalidate them; the time to live only bounds what an invalidation could miss (the
+    # unread message count of `/me` has no event of its own, hence its shorter life).
+    feed_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 60.0
+    me_cache_seconds: Annotated[float, Field(ge=0, le=3600)] = 15.0
+    # AI suggestions: computed by the `blog-recommender` consumer for each published post.
+    suggestions_enabled: bool = True
+    # At most this many readers get a suggestion for one post (bounds LLM calls too).
+    suggestion_max_readers: Annotated[int, Field(ge=1, le=1000)] = 20
+    # Similar published posts looked at to find readers, and how similar they must be
+    # (cosine; multilingual-e5 rates unrelated short texts around 0.75).
+    suggestion_similar_posts: Annotated[int, Field(ge=1, le=200)] = 20
+    suggestion_min_score: Annotated[float, Field(ge=-1, le=1)] = 0.82
+    # Suggestions mixed into the first feed page.
+    feed_suggestions: Annotated[int, Field(ge=0, le=10)] = 3
 
 
 class AISettings(BaseModel):

@@ -39,6 +39,9 @@ async def test_read_and_update(
         "links": [],
         "avatar": None,
         "created_at": fresh["created_at"],
+        "follower_count": 0,
+        "following_count": 0,
+        "suggestions_enabled": None,  # only in your own profile
     }
     response = await http.patch(
         f"{PREFIX}/users/me",

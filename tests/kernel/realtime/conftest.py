@@ -242,14 +242,19 @@ LiveFactory = Callable[..., Live]
 def live_factory(
     clean: None, settings_factory: Callable[..., Settings]
 ) -> Iterator[Callable[..., Live]]:
-    """Starts real servers; `realtime=` overrides `RealtimeSettings` fields."""
+    """Starts real servers; `realtime=` overrides `RealtimeSettings` fields, `modules`
+    replaces the test modules (the example app and `rooms`)."""
     stack = contextlib.ExitStack()
 
-    def start(settings: Settings | None = None, **realtime: Any) -> Live:
+    def start(
+        settings: Settings | None = None,
+        modules: list[AppModule] | None = None,
+        **realtime: Any,
+    ) -> Live:
         if settings is None:
             options = {"heartbeat_seconds": 0.5, "shutdown_timeout_seconds": 3.0, **realtime}
             settings = settings_factory(realtime=RealtimeSettings(**options))
-        app = build_app(settings, [example_module, rooms_module])
+        app = build_app(settings, [example_module, rooms_module] if modules is None else modules)
         return stack.enter_context(running(app))
 
     with stack:

@@ -15,6 +15,7 @@ from veche.apps.blog.errors import (
     OwnerIsMember,
     ProfileNotFound,
 )
+from veche.apps.blog.follows import announce_blog_follow
 from veche.apps.blog.models import Blog, BlogMember
 from veche.apps.blog.posts import post_changed
 from veche.apps.blog.repository import PublicQueries, Scoped
@@ -129,12 +130,14 @@ class BlogService:
 
     async def follow(self, slug: str) -> tuple[Blog, bool]:
         blog = await find_blog(self.scoped, slug)
-        await self.scoped.follow(blog.id)
+        if await self.scoped.follow(blog.id):
+            await announce_blog_follow(self.session, blog, self.user_id, following=True)
         await self.session.refresh(blog, ["follower_count"])
         return blog, True
 
     async def unfollow(self, slug: str) -> tuple[Blog, bool]:
         blog = await find_blog(self.scoped, slug)
-        await self.scoped.unfollow(blog.id)
+        if await self.scoped.unfollow(blog.id):
+            await announce_blog_follow(self.session, blog, self.user_id, following=False)
         await self.session.refresh(blog, ["follower_count"])
         return blog, False

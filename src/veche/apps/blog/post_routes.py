@@ -25,6 +25,7 @@ from veche.apps.blog.schemas import (
     PublishRequest,
     RevisionRead,
 )
+from veche.apps.blog.social_repository import Social
 from veche.apps.blog.views import Runtime, Viewer, post_read, post_summary
 from veche.kernel import (
     CursorCodec,
@@ -160,7 +161,11 @@ async def list_posts(
     openapi_extra=OPTIONAL_AUTH,
 )
 async def get_post(post_id: UUID, session: DbSession, viewer: Viewer, runtime: Runtime) -> PostRead:
-    return await _read(session, await _visible(session, viewer, post_id), runtime)
+    post = await _visible(session, viewer, post_id)
+    if viewer is not None and post.state == "published" and post.author_id != viewer.id:
+        # Reading history, for suggestions: what a signed-in reader opened.
+        await Social(session, viewer.id).record_read(post.id)
+    return await _read(session, post, runtime)
 
 
 @router.patch(

@@ -105,6 +105,8 @@ class ProfileService:
             profile.bio = changes["bio"]
         if "links" in changes:
             profile.links = changes["links"]
+        if "suggestions_enabled" in changes:
+            profile.suggestions_enabled = changes["suggestions_enabled"]
         profile.updated_at = utcnow()
         await self._changed(profile, sorted(changes))
         try:

@@ -84,7 +84,7 @@ Blogs = Annotated[BlogService, Depends(blog_service)]
     summary="Your own profile",
 )
 async def my_profile(profiles: Profiles, runtime: Runtime) -> ProfileRead:
-    return profile_read(await profiles.me(), runtime)
+    return profile_read(await profiles.me(), runtime, own=True)
 
 
 @router.patch(
@@ -95,7 +95,7 @@ async def my_profile(profiles: Profiles, runtime: Runtime) -> ProfileRead:
     summary="Change your display name, username, bio or links",
 )
 async def update_profile(body: ProfileUpdate, profiles: Profiles, runtime: Runtime) -> ProfileRead:
-    return profile_read(await profiles.update(body), runtime)
+    return profile_read(await profiles.update(body), runtime, own=True)
 
 
 @router.put(
@@ -111,7 +111,7 @@ async def set_avatar(
     request: Request, kernel: KernelDep, profiles: Profiles, runtime: Runtime
 ) -> ProfileRead:
     upload = await receive_file(request, max_bytes=kernel.settings.storage.max_upload_bytes)
-    return profile_read(await profiles.set_avatar(upload.data), runtime)
+    return profile_read(await profiles.set_avatar(upload.data), runtime, own=True)
 
 
 @router.delete(

@@ -6,7 +6,7 @@ import datetime as dt
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
 PostState = Literal["draft", "scheduled", "published"]
@@ -70,10 +70,18 @@ class ProfileUpdate(BaseModel):
     username: Username | SkipJsonSchema[None] = None
     bio: Bio | SkipJsonSchema[None] = None
     links: Annotated[list[Link], Field(max_length=10)] | SkipJsonSchema[None] = None
+    suggestions_enabled: StrictBool | SkipJsonSchema[None] = Field(
+        default=None, description="false: no AI suggestions are made for you or shown"
+    )
 
     @field_validator("display_name", "username", "bio", "links", mode="before")
     @classmethod
     def _present(cls, value: object) -> object:
+        return _not_null(value)
+
+    @field_validator("suggestions_enabled", mode="before")
+    @classmethod
+    def _present_flag(cls, value: object) -> object:
         return _not_null(value)
 
 
@@ -104,6 +112,9 @@ class ProfileRead(BaseModel):
     links: list[Link]
     avatar: MediaRead | None
     created_at: dt.datetime
+    follower_count: int = 0
+    following_count: int = 0
+    suggestions_enabled: bool | None = Field(default=None, description="Only in your own profile")
 
 
 class BlogCreate(BaseModel):
@@ -218,6 +229,7 @@ class PostSummary(BaseModel):
     published_at: dt.datetime | None
     revision: int
     comment_count: int
+    like_count: int = 0
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -257,3 +269,74 @@ class CommentRead(BaseModel):
     edited: bool
     created_at: dt.datetime
     updated_at: dt.datetime
+
+
+# -- likes, user follows, the feed, /me, notifications, suggestions ---------------------
+
+
+class LikeRead(BaseModel):
+    post_id: UUID
+    liked: bool
+    like_count: int
+
+
+class UserFollowRead(BaseModel):
+    user_id: UUID
+    following: bool
+    follower_count: int
+
+
+class SuggestionInfo(BaseModel):
+    id: UUID
+    reason: str = Field(description="The model's one line on why you may enjoy the post")
+    created_at: dt.datetime
+
+
+class FeedItem(PostSummary):
+    """A post in the feed: from a blog or author you follow, or an AI suggestion."""
+
+    blog_slug: str
+    media: list[MediaRead]
+    liked: bool = Field(description="You like this post")
+    commented: bool = Field(description="You commented on this post")
+    suggested: bool = Field(description="Not from your follows: an AI suggestion")
+    suggestion: SuggestionInfo | None = None
+
+
+class SuggestionRead(BaseModel):
+    id: UUID
+    post: PostSummary
+    blog_slug: str
+    reason: str
+    score: float
+    created_at: dt.datetime
+
+
+NotificationKind = Literal["comment", "like", "follower", "blog_follower", "suggestion"]
+
+
+class NotificationRead(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: UUID
+    kind: NotificationKind
+    actor_id: UUID | None
+    post_id: UUID | None
+    data: dict[str, str | float | int | None]
+    read: bool
+    read_at: dt.datetime | None
+    created_at: dt.datetime
+
+
+class MarkedRead(BaseModel):
+    marked: int = Field(description="How many notifications were unread and are now read")
+
+
+class MeRead(BaseModel):
+    """Everything a client's home screen needs, in one call."""
+
+    profile: ProfileRead
+    blogs: list[BlogRead] = Field(description="Blogs you own, newest first (up to 50)")
+    unread_messages: int
+    unread_notifications: int
+    notifications: list[NotificationRead] = Field(description="The latest 10")

@@ -71,7 +71,8 @@ def media_read(media: Media, runtime: BlogRuntime) -> MediaRead:
     )
 
 
-def profile_read(view: ProfileView, runtime: BlogRuntime) -> ProfileRead:
+def profile_read(view: ProfileView, runtime: BlogRuntime, *, own: bool = False) -> ProfileRead:
+    """The profile; `own` adds what only its user sees (the suggestions switch)."""
     profile = view.profile
     return ProfileRead(
         id=view.user.id,
@@ -81,6 +82,9 @@ def profile_read(view: ProfileView, runtime: BlogRuntime) -> ProfileRead:
         links=[Link.model_validate(link) for link in profile.links] if profile else [],
         avatar=media_read(view.avatar, runtime) if view.avatar is not None else None,
         created_at=view.user.created_at,
+        follower_count=profile.follower_count if profile else 0,
+        following_count=profile.following_count if profile else 0,
+        suggestions_enabled=(profile.suggestions_enabled if profile else True) if own else None,
     )
 
 

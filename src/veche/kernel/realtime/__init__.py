@@ -15,10 +15,17 @@ from veche.kernel.realtime.errors import (
 )
 from veche.kernel.realtime.hub import Hub
 from veche.kernel.realtime.message import Member, Message, Position
-from veche.kernel.realtime.policy import ChannelCheck, ChannelPolicy
+from veche.kernel.realtime.policy import (
+    AudienceCheck,
+    ChannelCheck,
+    ChannelPolicy,
+    ReceiveHandler,
+    Revocation,
+)
 from veche.kernel.realtime.transports.stream import FrameRenderer, ndjson_stream
 
 __all__ = [
+    "AudienceCheck",
     "ChannelCheck",
     "ChannelForbidden",
     "ChannelPolicy",
@@ -31,6 +38,8 @@ __all__ = [
     "Position",
     "PresenceDisabled",
     "PublishForbidden",
+    "ReceiveHandler",
+    "Revocation",
     "TooManyChannels",
     "UnknownChannel",
     "ndjson_stream",

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -36,8 +36,11 @@ from veche.kernel.realtime.message import (
     ResumeTokens,
     channel_prefix,
 )
-from veche.kernel.realtime.policy import USER_POLICY, PolicyRegistry
+from veche.kernel.realtime.policy import USER_POLICY, PolicyRegistry, Revocation
 from veche.settings import RealtimeSettings, Settings
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
 
 log = structlog.get_logger("veche.realtime")
 
@@ -95,9 +98,13 @@ class Connection:
     costs one append and, when the transport was waiting, one wake-up.
     """
 
-    def __init__(self, user: User, transport: str, queue_size: int) -> None:
+    def __init__(
+        self, user: User, transport: str, queue_size: int, kernel: Kernel | None = None
+    ) -> None:
         self.id = new_id().hex
         self.user = user
+        # For policies whose checks and handlers need the process's services.
+        self.kernel = kernel
         self.transport = transport
         self.member = Member(self.id, str(user.id))
         self.channels: set[str] = set()
@@ -384,10 +391,12 @@ class Hub:
 
     # -- connections -----------------------------------------------------------------
 
-    def open(self, user: User, transport: str) -> Connection:
+    def open(self, user: User, transport: str, kernel: Kernel | None = None) -> Connection:
+        """A new connection of `user`. The transports pass their `kernel`, which channel
+        policies with an `audience` check need (without it those channels are refused)."""
         if self._stopping:
             raise RealtimeStopping("The server is restarting; reconnect shortly")
-        connection = Connection(user, transport, self.settings.queue_size)
+        connection = Connection(user, transport, self.settings.queue_size, kernel)
         self._connections.add(connection)
         self._drained.clear()
         metrics.CONNECTIONS.labels(transport).inc()
@@ -433,7 +442,7 @@ class Hub:
                 f"At most {self.settings.max_channels} channels per connection",
             )
         for channel in channels:
-            await self.policies.authorize_subscribe(connection.user, channel)
+            await self.policies.authorize_subscribe(connection.user, channel, connection.kernel)
 
     async def subscribe(
         self, connection: Connection, channel: str, since: Position | None = None
@@ -562,6 +571,28 @@ class Hub:
                 subscribers.discard(connection)
         for transport, count in delivered.items():
             metrics.DELIVERED.labels(transport).inc(count)
+        revokes = self.policies.revocation(item.channel)
+        if revokes is not None:
+            self._revoke(item, revokes)
+
+    def _revoke(self, message: Message, revokes: Revocation) -> None:
+        """End the subscriptions the policy says this message revokes; each client got the
+        message itself first, then `unsubscribed` with `reason: revoked`."""
+        try:
+            user_ids = set(revokes(message))
+        except Exception:  # a faulty policy must not stop delivery
+            log.exception("realtime_revocation_failed", channel=message.channel)
+            return
+        subscribers = self._subscribers.get(message.channel)
+        if not user_ids or not subscribers:
+            return
+        for connection in list(subscribers):
+            if connection.member.user_id in user_ids:
+                self._forget(connection, message.channel)
+                connection.positions.pop(message.channel, None)
+                connection.send(
+                    {"type": "unsubscribed", "channel": message.channel, "reason": "revoked"}
+                )
 
     @property
     def connection_count(self) -> int:

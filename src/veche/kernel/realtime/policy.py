@@ -7,8 +7,9 @@ the kernel registers `user:`. A channel no policy covers is refused, never silen
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from veche.kernel.identity.models import User
 from veche.kernel.realtime.errors import (
@@ -16,9 +17,19 @@ from veche.kernel.realtime.errors import (
     PublishForbidden,
     UnknownChannel,
 )
-from veche.kernel.realtime.message import PREFIX_PATTERN, channel_prefix
+from veche.kernel.realtime.message import PREFIX_PATTERN, Message, channel_prefix
+
+if TYPE_CHECKING:
+    from veche.kernel.runtime import Kernel
 
 ChannelCheck = Callable[[User, str], bool | Awaitable[bool]]
+# A check that needs the process's services (a membership query in the database).
+AudienceCheck = Callable[["Kernel", User, str], Awaitable[bool]]
+# Takes a client's `publish` frame instead of the hub: (kernel, user, channel, event, data)
+# -> the data of the `reply` frame sent back with the frame's `ref`.
+ReceiveHandler = Callable[["Kernel", User, str, str, Any], Awaitable[dict[str, Any]]]
+# The ids (text) of users whose subscriptions to a message's channel end once it is delivered.
+Revocation = Callable[[Message], Collection[str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +40,28 @@ class ChannelPolicy:
 
     `presence=False` suits channels with many readers that do not need to see each other
     (a broadcast feed): no presence entries, no join/leave frames, and `hub.presence`
-    refuses the channel with `presence_disabled`."""
+    refuses the channel with `presence_disabled`.
+
+    Channels whose rules live in an app's database (the members of a conversation) add:
+
+    - `audience(kernel, user, channel)`: an async check given the kernel (for `kernel.db`),
+      run after `subscribe` for every subscription and after `publish` for every client
+      frame; both must allow. Without a kernel at hand it refuses.
+    - `receive(kernel, user, channel, event, data)`: client `publish` frames go to it
+      instead of straight to the hub, so the app can validate, store and then publish
+      what it stored. It returns the data of the `reply` frame; a `ProblemError` it raises
+      becomes an `error` frame with the problem's code. With `receive` set, `publish` is an
+      optional extra gate (it need not be given).
+    - `revokes(message)`: the users (ids as text) whose subscriptions to the channel end
+      once that message is delivered (a member removed from a conversation); every replica
+      sees the message, so it works across replicas without a lookup."""
 
     subscribe: ChannelCheck
     publish: ChannelCheck | None = None
     presence: bool = True
+    audience: AudienceCheck | None = None
+    receive: ReceiveHandler | None = None
+    revokes: Revocation | None = None
 
 
 async def _allowed(check: ChannelCheck, user: User, channel: str) -> bool:
@@ -87,13 +115,42 @@ class PolicyRegistry:
     def presence_enabled(self, channel: str) -> bool:
         return self._policy(channel).presence
 
-    async def authorize_subscribe(self, user: User, channel: str) -> None:
-        if not await _allowed(self._policy(channel).subscribe, user, channel):
+    def revocation(self, channel: str) -> Revocation | None:
+        """The policy's `revokes`, or None; cheap, as it runs for every delivered message."""
+        prefix, _, _ = channel.partition(":")
+        entry = self._policies.get(f"{prefix}:")
+        return None if entry is None else entry[1].revokes
+
+    async def authorize_subscribe(
+        self, user: User, channel: str, kernel: Kernel | None = None
+    ) -> None:
+        policy = self._policy(channel)
+        if not await _allowed(policy.subscribe, user, channel) or not await _in_audience(
+            policy, kernel, user, channel
+        ):
             raise ChannelForbidden(f"You may not subscribe to {channel!r}")
 
-    async def authorize_publish(self, user: User, channel: str) -> None:
-        check = self._policy(channel).publish
-        if check is None:
+    async def authorize_publish(
+        self, user: User, channel: str, kernel: Kernel | None = None
+    ) -> ChannelPolicy:
+        """Check a client's `publish` frame; returns the policy, whose `receive` (if any)
+        takes the frame instead of the hub."""
+        policy = self._policy(channel)
+        check = policy.publish
+        if check is None and policy.receive is None:
             raise PublishForbidden(f"Clients may not publish on {channel!r}")
-        if not await _allowed(check, user, channel):
+        if check is not None and not await _allowed(check, user, channel):
             raise PublishForbidden(f"You may not publish on {channel!r}")
+        if not await _in_audience(policy, kernel, user, channel):
+            raise PublishForbidden(f"You may not publish on {channel!r}")
+        return policy
+
+
+async def _in_audience(
+    policy: ChannelPolicy, kernel: Kernel | None, user: User, channel: str
+) -> bool:
+    if policy.audience is None:
+        return True
+    if kernel is None:  # a connection opened without the kernel cannot be checked
+        return False
+    return bool(await policy.audience(kernel, user, channel))

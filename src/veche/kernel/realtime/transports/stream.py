@@ -69,7 +69,7 @@ async def _open(
     unique = list(dict.fromkeys(channels))
     assert bearer is not None  # `CurrentUser` refused the request otherwise
     expires_at = token_expiry(kernel, bearer.credentials)
-    connection = hub.open(user, transport)
+    connection = hub.open(user, transport, kernel)
     try:
         hub.track_expiry(
             connection, expires_at, session_check(kernel, bearer.credentials), warn=False

@@ -5,6 +5,8 @@ token>"}`, so the token never appears in a URL or an access log. Then it may sen
 `subscribe` (with `epoch` and `offset` to recover from), `unsubscribe`, `publish` where the
 channel's policy allows, `ping`, and `auth` again with a fresh token of the same user to
 keep the connection past its first token's expiry. Every reply echoes the request's `ref`.
+A `publish` frame on a channel whose policy has a `receive` handler goes to that handler
+(the app validates and stores it, then publishes), and its answer comes back as `reply`.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from veche.kernel.realtime.hub import (
     Outgoing,
 )
 from veche.kernel.realtime.message import EVENT_PATTERN, Position
+from veche.kernel.realtime.policy import ReceiveHandler
 from veche.kernel.realtime.transports.auth import Credential, credential, session_check
 from veche.kernel.realtime.transports.stream import router
 from veche.kernel.runtime import Kernel
@@ -48,7 +51,7 @@ class FrameError(Exception):
 
 
 def _error(code: str, detail: str, ref: Any = None, **extra: Any) -> dict[str, Any]:
-    frame: dict[str, Any] = {"type": "error", "code": code, "detail": detail, **extra}
+    frame: dict[str, Any] = {**extra, "type": "error", "code": code, "detail": detail}
     if ref is not None:
         frame["ref"] = ref
     return frame
@@ -150,6 +153,40 @@ async def _reauthenticate(
     connection.send(reply)
 
 
+_OWN_MEMBERS = frozenset({"type", "code", "detail", "ref"})
+
+
+async def _receive_by_policy(
+    kernel: Kernel,
+    connection: Connection,
+    receive: ReceiveHandler,
+    channel: str,
+    event: str,
+    frame: dict[str, Any],
+) -> None:
+    """Hand a client's frame to the channel policy's handler and send its reply. A
+    `ProblemError` becomes an `error` frame with the problem's code, status and extra
+    members (a rate limit's `retry_after`, validation `errors`); anything else is a bug,
+    logged, and answered with `internal_error` so the connection survives it."""
+    ref = frame.get("ref")
+    try:
+        data = await receive(kernel, connection.user, channel, event, frame.get("data"))
+    except ProblemError as exc:
+        # The frame's own members win over extra members of the same name.
+        extra = {key: value for key, value in exc.extra.items() if key not in _OWN_MEMBERS}
+        extra.update(status=exc.status, channel=channel)
+        connection.send(_error(exc.code, exc.detail or exc.title, ref, **extra))
+        return
+    except Exception:
+        log.exception("realtime_receive_failed", channel=channel, event_name=event)
+        connection.send(_error("internal_error", "The server failed", ref, channel=channel))
+        return
+    reply: dict[str, Any] = {"type": "reply", "channel": channel, "event": event, "data": data}
+    if ref is not None:
+        reply["ref"] = ref
+    connection.send(reply)
+
+
 def _since(frame: dict[str, Any]) -> Position | None:
     offset, epoch = frame.get("offset"), frame.get("epoch")
     if offset is None and epoch is None:
@@ -183,7 +220,10 @@ async def _handle(kernel: Kernel, connection: Connection, frame: dict[str, Any])
             event = frame.get("event", "message")
             if not isinstance(event, str) or not EVENT_PATTERN.match(event):
                 raise FrameError("invalid_frame", "'event' must be a short name (._:- allowed)")
-            await hub.policies.authorize_publish(connection.user, channel)
+            policy = await hub.policies.authorize_publish(connection.user, channel, kernel)
+            if policy.receive is not None:
+                await _receive_by_policy(kernel, connection, policy.receive, channel, event, frame)
+                return
             message = await hub.publish(channel, frame.get("data"), event=event)
             connection.send(
                 {"type": "published", "channel": channel, "offset": message.offset, "ref": ref}
@@ -252,7 +292,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         return
     first, token = authenticated
     try:
-        connection = hub.open(first.user, "ws")
+        connection = hub.open(first.user, "ws", kernel)
     except ProblemError as exc:
         await _send(websocket, _error(exc.code, exc.detail or exc.title))
         await websocket.close(CLOSE_CODES["shutdown"], exc.code)
