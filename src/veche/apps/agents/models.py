@@ -259,6 +259,14 @@ class MemoryEntry(IdMixin, Base):
             "project_id",
             "created_at",
         ),
+        # A search filtered by type asks the ledger for the few entries of that type.
+        Index(
+            "ix_agents_memory_agent_id_project_id_type_created_at",
+            "agent_id",
+            "project_id",
+            "type",
+            "created_at",
+        ),
     )
 
     user_id: Mapped[UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
