@@ -82,7 +82,7 @@ from tests.fakes.openai_server import ChatReply, Endpoint, FakeOpenAI, Reply
 from tests.helpers import signed_up
 
 from veche.apps.agents import module as agents_module
-from veche.apps.agents.orchestrator import MAX_PLANNING_TOKENS
+from veche.apps.agents.plan_run import MAX_PLANNING_TOKENS
 from veche.apps.agents.planning import AgentCard, PlanDraft, PlannedTask, planner_messages, waves
 from veche.apps.agents.stream import session_channel
 from veche.kernel import Kernel, build_app

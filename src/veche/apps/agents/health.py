@@ -37,11 +37,10 @@ def is_provider_failure(error_code: str | None) -> bool:
 
 async def task_started(db: AsyncSession, user_id: UUID, agent_id: UUID) -> None:
     """An agent's task began running: the agent is `busy` (also out of `error`: it is
-    trying again)."""
-    queries = HealthQueries(db, user_id)
-    agent = await queries.lock_agent(agent_id)
-    if agent is not None and agent.status != "busy":
-        await queries.set_status(agent_id, "busy", None, utcnow())
+    trying again). One conditional update, which locks the row as it changes it."""
+    await HealthQueries(db, user_id).set_status(
+        agent_id, "busy", None, utcnow(), unless_already=True
+    )
 
 
 async def task_finished(

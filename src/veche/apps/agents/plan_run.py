@@ -93,10 +93,7 @@ class PlanRun:
             return  # the session went away with its message
         if not cards:
             raise NoAgents("You have no active agent that could take part in a plan")
-        self.task.started_at = self.task.started_at or now
-        async with self.kernel.db.unit_of_work() as session:
-            await RunnerQueries(session).save(self.task.id, now, started_at=self.task.started_at)
-        await self._publish(EventType.TASK_STARTED, {"kind": "plan"})
+        await self._publish(EventType.TASK_STARTED, {"kind": "plan"})  # started: its claim
         if cached is not None:
             draft = draft_of(cached.graph)
         else:

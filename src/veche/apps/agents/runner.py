@@ -187,25 +187,27 @@ class Runner:
             self._last_heartbeat = now
         async with db.unit_of_work() as session:
             candidates = await RunnerQueries(session).runnable(CLAIM_BATCH, now)
-        started = 0
         room: dict[UUID, int] = {}  # plans' and agents' room left in this pass
-        for candidate in candidates:
-            task_id, status = candidate.task_id, candidate.status
-            if task_id in self._running or not _fits(room, candidate):
-                continue
+        chosen = {
+            candidate.task_id: candidate.status
+            for candidate in candidates
+            if candidate.task_id not in self._running and _fits(room, candidate)
+        }
+        claimed: list[Task] = []
+        if chosen:  # all in one transaction: a plan's wave starts together
             async with db.unit_of_work() as session:
-                task = await RunnerQueries(session).claim(task_id, status, utcnow())
-            if task is None:
-                continue  # another process took it, or it was cancelled
+                claimed = await RunnerQueries(session).claim_many(list(chosen.items()), utcnow())
+        # The ones missing were taken by another process, or cancelled.
+        for task in claimed:
+            status = chosen[task.id]
             if status == "queued" and task.attempts == 1:
                 bus.WAITED.observe(max(0.0, (utcnow() - task.created_at).total_seconds()))
             self._running[task.id] = asyncio.get_running_loop().create_task(
                 self._run(task, resumed=status != "queued" or bool(task.state)),
                 name=f"agents-task:{task.id}",
             )
-            started += 1
         bus.IN_FLIGHT.set(len(self._running))
-        return started
+        return len(claimed)
 
     async def _lost(
         self, session: Any, task_id: UUID, user_id: UUID, plan_id: UUID | None, kind: str

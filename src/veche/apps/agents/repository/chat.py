@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, bindparam, func, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    bindparam,
+    cast,
+    func,
+    literal,
+    null,
+    select,
+    union_all,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -36,6 +47,8 @@ ACTIVE_TASK_STATES = (
     "waiting_plan",
     "blocked",
 )
+# The parts of the runner's look-up for work after the queued tasks, by number.
+PAUSED_PARTS = {1: "waiting_approval", 2: "waiting_tool"}
 # A plan's steps in these states count against its `max_parallel`.
 STEP_SLOT_STATES = ("running", "waiting_approval", "waiting_tool")
 
@@ -152,10 +165,11 @@ class ChatQueries(Scoped):
 
 
 @functools.cache
-def _runnable_statements(limit: int) -> tuple[Select[Any], Select[UUID], Select[UUID]]:
-    """The runner's three look-ups for work, built once (they run on every pass): queued
-    tasks that may start (`now` bound at execution), and paused ones whose approvals, or
-    client tool calls, are all answered."""
+def _runnable_statement(limit: int) -> Select[Any]:
+    """The runner's look-up for work, built once (it runs on every pass): queued tasks
+    that may start (`now` bound at execution), then paused ones whose approvals, or client
+    tool calls, are all answered; each part oldest first and at most `limit` long, all in
+    one statement (one round trip)."""
     earlier = aliased(Task)
     ahead = (
         select(earlier.id)
@@ -189,12 +203,14 @@ def _runnable_statements(limit: int) -> tuple[Select[Any], Select[UUID], Select[
     now = bindparam("now", type_=Task.not_before.type)
     queued = (
         select(
+            literal(0).label("part"),
+            Task.created_at.label("since"),
             Task.id,
             Task.kind,
             Task.plan_id,
-            plan_slots - busy_steps,
+            (plan_slots - busy_steps).label("plan_free"),
             Task.agent_id,
-            agent_slots - busy_runs,
+            (agent_slots - busy_runs).label("agent_free"),
         )
         .where(
             Task.status == "queued",
@@ -211,7 +227,7 @@ def _runnable_statements(limit: int) -> tuple[Select[Any], Select[UUID], Select[
         .exists()
     )
     waiting_approval = (
-        select(Task.id)
+        select(*_paused_columns(1))
         .where(Task.status == "waiting_approval", ~pending_approval)
         .order_by(Task.updated_at)
         .limit(limit)
@@ -222,12 +238,32 @@ def _runnable_statements(limit: int) -> tuple[Select[Any], Select[UUID], Select[
         .exists()
     )
     waiting_tool = (
-        select(Task.id)
+        select(*_paused_columns(2))
         .where(Task.status == "waiting_tool", ~open_call)
         .order_by(Task.updated_at)
         .limit(limit)
     )
-    return queued, waiting_approval, waiting_tool
+    parts = union_all(
+        *(select(part.subquery()) for part in (queued, waiting_approval, waiting_tool))
+    ).subquery()
+    return select(parts).order_by(parts.c.part, parts.c.since, parts.c.id)
+
+
+def _paused_columns(part: int) -> tuple[Any, ...]:
+    """A paused task's row in the look-up for work: the queued part's columns, the limits
+    left empty (a paused run already holds its slots)."""
+    # Typed: PostgreSQL matches each column's type across the parts of a union.
+    no_id, no_count = cast(null(), Task.id.type), cast(null(), Integer)
+    return (
+        literal(part).label("part"),
+        Task.updated_at.label("since"),
+        Task.id,
+        Task.kind,
+        no_id.label("plan_id"),
+        no_count.label("plan_free"),
+        no_id.label("agent_id"),
+        no_count.label("agent_free"),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,48 +294,54 @@ class RunnerQueries:
         its `max_parallel`), and paused ones whose approvals or tool calls are all
         answered. Each carries how many more tasks of its agent and plan may start, so a
         caller claiming several at once keeps within both."""
-        queued, waiting_approval, waiting_tool = _runnable_statements(limit)
-        rows = await self.session.execute(queued, {"now": now})
-        found = [
-            Runnable(
-                task_id,
-                "queued",
-                plan_id if kind == "step" else None,
-                int(plan_free) if kind == "step" else None,
-                agent_id,
-                None if agent_id is None else int(agent_free),
-            )
-            for task_id, kind, plan_id, plan_free, agent_id, agent_free in rows.all()
-        ]
-        for status, statement in (
-            ("waiting_approval", waiting_approval),
-            ("waiting_tool", waiting_tool),
-        ):
-            paused = await self.session.scalars(statement)
-            found.extend(Runnable(task_id, status) for task_id in paused.all())
+        rows = await self.session.execute(_runnable_statement(limit), {"now": now})
+        found = []
+        for part, _, task_id, kind, plan_id, plan_free, agent_id, agent_free in rows.all():
+            if part == 0:
+                found.append(
+                    Runnable(
+                        task_id,
+                        "queued",
+                        plan_id if kind == "step" else None,
+                        int(plan_free) if kind == "step" else None,
+                        agent_id,
+                        None if agent_id is None else int(agent_free),
+                    )
+                )
+            else:
+                found.append(Runnable(task_id, PAUSED_PARTS[part]))
         return found
 
     async def get(self, task_id: UUID) -> Task | None:
         row: Task | None = await self.session.scalar(select(Task).where(Task.id == task_id))
         return row
 
-    async def claim(self, task_id: UUID, from_status: str, now: dt.datetime) -> Task | None:
-        """Move a task to `running` if it is still in `from_status`; the task if it was
-        (one statement: the update returns the row)."""
-        row: Task | None = await self.session.scalar(
-            update(Task)
-            .where(Task.id == task_id, Task.status == from_status)
-            .values(
-                status="running",
-                updated_at=now,
-                # A paused run going on is the same attempt; a queued one is a new one.
-                attempts=Task.attempts + (1 if from_status == "queued" else 0),
-                not_before=None,
+    async def claim_many(self, wanted: list[tuple[UUID, str]], now: dt.datetime) -> list[Task]:
+        """Move each (task, status) to `running` if the task is still in that status; the
+        tasks that were, in the order asked (one statement per status: the update returns
+        the rows)."""
+        by_status: dict[str, list[UUID]] = {}
+        for task_id, from_status in wanted:
+            by_status.setdefault(from_status, []).append(task_id)
+        claimed: dict[UUID, Task] = {}
+        for from_status, task_ids in by_status.items():
+            rows = await self.session.scalars(
+                update(Task)
+                .where(Task.id.in_(task_ids), Task.status == from_status)
+                .values(
+                    status="running",
+                    updated_at=now,
+                    # A paused run going on is the same attempt; a queued one is a new one.
+                    attempts=Task.attempts + (1 if from_status == "queued" else 0),
+                    not_before=None,
+                    # The first claim is the run's start (kept through pauses and retries).
+                    started_at=func.coalesce(Task.started_at, now),
+                )
+                .returning(Task)
+                .execution_options(populate_existing=True)
             )
-            .returning(Task)
-            .execution_options(populate_existing=True)
-        )
-        return row
+            claimed.update((row.id, row) for row in rows.all())
+        return [claimed[task_id] for task_id, _ in wanted if task_id in claimed]
 
     async def save(self, task_id: UUID, now: dt.datetime, **values: Any) -> bool:
         """Write a running task's progress; False if it is no longer running (cancelled)."""

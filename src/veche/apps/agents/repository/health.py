@@ -47,20 +47,26 @@ class HealthQueries:
         )
 
     def status_statement(
-        self, agent_id: UUID, status: str, reason: str | None, now: dt.datetime
+        self,
+        agent_id: UUID,
+        status: str,
+        reason: str | None,
+        now: dt.datetime,
+        *,
+        unless_already: bool = False,
     ) -> Update:
+        """Set the agent's status; with `unless_already`, only if it has another one (so
+        `status_changed_at` keeps the moment it first took this one)."""
+        statement = update(Agent).where(Agent.user_id == self.user_id, Agent.id == agent_id)
+        if unless_already:
+            statement = statement.where(Agent.status != status)
         # `updated_at` is kept: it says when the configuration last changed, not the status.
-        return (
-            update(Agent)
-            .where(Agent.user_id == self.user_id, Agent.id == agent_id)
-            .values(
-                status=status,
-                status_reason=reason,
-                status_changed_at=now,
-                updated_at=Agent.updated_at,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        return statement.values(
+            status=status,
+            status_reason=reason,
+            status_changed_at=now,
+            updated_at=Agent.updated_at,
+        ).execution_options(synchronize_session=False)
 
     def counts_statement(self, agent_id: UUID) -> Select[str, int]:
         return (
@@ -130,9 +136,17 @@ class HealthQueries:
         return int(await self.session.scalar(self.working_statement(agent_id)) or 0)
 
     async def set_status(
-        self, agent_id: UUID, status: str, reason: str | None, now: dt.datetime
+        self,
+        agent_id: UUID,
+        status: str,
+        reason: str | None,
+        now: dt.datetime,
+        *,
+        unless_already: bool = False,
     ) -> None:
-        await self.session.execute(self.status_statement(agent_id, status, reason, now))
+        await self.session.execute(
+            self.status_statement(agent_id, status, reason, now, unless_already=unless_already)
+        )
 
     async def task_counts(self, agent_id: UUID) -> dict[str, int]:
         """The agent's tasks by status."""

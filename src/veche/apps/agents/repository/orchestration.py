@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from sqlalchemy import Select, func, select, update
+from sqlalchemy.orm import defer
 
 from veche.apps.agents.models import Agent, OrchestratorConfig, Plan, Task
 from veche.apps.agents.repository.scoped import Scoped, rowcount
@@ -82,12 +83,29 @@ class PlanQueries(Scoped):
         return self.select(Task).where(Task.plan_id == plan_id, Task.kind == "step")
 
     async def steps(self, plan_id: UUID) -> list[Task]:
+        """The plan's steps, without their run's `state` (each one's whole conversation:
+        nothing that reads the steps of a plan needs it, and it is the bulk of a row)."""
         rows = await self.session.scalars(
             self.steps_statement(plan_id)
+            .options(defer(Task.state, raiseload=True))
             .order_by(Task.created_at, Task.id)
             .execution_options(populate_existing=True)
         )
         return list(rows.all())
+
+    async def step_results(self, plan_id: UUID, keys: list[str]) -> dict[str, str | None]:
+        """The results of the plan's steps named by `keys`, by key."""
+        if not keys:
+            return {}
+        rows = await self.session.execute(
+            select(Task.step_key, Task.result).where(
+                Task.user_id == self.user_id,
+                Task.plan_id == plan_id,
+                Task.kind == "step",
+                Task.step_key.in_(keys),
+            )
+        )
+        return {key: result for key, result in rows.all() if key is not None}
 
     async def set_step_statuses(
         self, task_ids: list[UUID], from_states: tuple[str, ...], now: dt.datetime, **values: object
