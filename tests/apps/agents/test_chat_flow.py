@@ -20,6 +20,7 @@ async def test_a_message_runs_the_agent_through_approval_to_an_answer_remembered
     )
     fake_openai.reply_text("I saved the greeting in notes/greeting.txt.")
     fake_openai.reply_text("Earlier you asked me to save a greeting.")
+    fake_openai.reply_text("In another chat you asked me to save a greeting.")
 
     async with live_agents.http() as http:
         project = await create(http, ann, "/projects", {"name": "Lighthouse"})
@@ -90,7 +91,8 @@ async def test_a_message_runs_the_agent_through_approval_to_an_answer_remembered
         entries = memory.json()["items"]
         assert [entry["request"] for entry in entries] == [QUESTION]
 
-        # A later message retrieves the interaction and the model is shown it.
+        # A later message in the same session: the model reads the exchange in the
+        # history, once; memory does not repeat it.
         async with session_events(
             http, ann, project["id"], chat["id"], last_event_id=resume_from
         ) as events:
@@ -102,12 +104,36 @@ async def test_a_message_runs_the_agent_through_approval_to_an_answer_remembered
             )
             assert response.status_code == 202, response.text
             context = await events.next_of("CONTEXT_RETRIEVED")
-            assert context["payload"]["count"] == 1
-            assert context["payload"]["memories"][0]["request"] == QUESTION
+            assert context["payload"]["count"] == 0
             done = await events.next_of("TASK_COMPLETED")
             assert done["payload"]["content"] == "Earlier you asked me to save a greeting."
         prompt = fake_openai.requests_to("/chat/completions")[-1].body["messages"]
-        assert any(QUESTION in (m.get("content") or "") for m in prompt)
+        assert [m["role"] for m in prompt][:2] == ["system", "user"]
+        assert sum(QUESTION in (m.get("content") or "") for m in prompt) == 1
+
+        # In another session of the project, memory brings the interaction back.
+        other = await create(
+            http, ann, f"/projects/{project['id']}/sessions", {"title": "Elsewhere"}
+        )
+        async with session_events(http, ann, project["id"], other["id"]) as events:
+            response = await http.post(
+                f"{PREFIX}/projects/{project['id']}/sessions/{other['id']}/messages",
+                json={
+                    "content": "What did I ask you in the other chat?",
+                    "target_agent": agent["id"],
+                },
+                headers=ann.headers,
+            )
+            assert response.status_code == 202, response.text
+            context = await events.next_of("CONTEXT_RETRIEVED")
+            requests = [memory["request"] for memory in context["payload"]["memories"]]
+            assert sorted(requests) == sorted([QUESTION, "What did I ask you before?"])
+            done = await events.next_of("TASK_COMPLETED")
+            assert done["payload"]["content"] == "In another chat you asked me to save a greeting."
+        prompt = fake_openai.requests_to("/chat/completions")[-1].body["messages"]
+        assert [m["role"] for m in prompt] == ["system", "user", "user"]
+        assert "Context from your memory" in prompt[1]["content"]
+        assert QUESTION in prompt[1]["content"]
 
         history = await http.get(f"{base}/messages", headers=ann.headers)
         roles = [item["role"] for item in history.json()["items"]]
