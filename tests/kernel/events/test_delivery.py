@@ -13,7 +13,7 @@ from sqlalchemy import select
 from tests.conftest import TEST_EVENTS_URL
 from tests.events_app import EntryNoted, EntryRecorded, EntryVoided
 from tests.kernel.events.conftest import eventually, handled_count
-from veche.kernel import Kernel
+from veche.kernel import Kernel, utcnow
 from veche.kernel.events import (
     DeadLetter,
     Event,
@@ -314,3 +314,34 @@ async def test_a_batch_read_before_a_rewind_never_undoes_it(ledger_app: StartApp
         assert await handled_count(kernel, AUDITED, event.id) == 0
     assert await handle_batch(kernel, auditor, events[2:], _advance(auditor, 2, 3)) is True
     assert await handled_count(kernel, AUDITED, events[2].id) == 1
+
+
+async def test_a_consumer_reads_past_other_types_and_again_after_a_rewind(
+    ledger_app: StartApp,
+) -> None:
+    """The auditor reads only `recorded`: the voided entries between are looked through
+    once (the log backend remembers how far), and a rewind still brings its events back."""
+    kernel: Kernel = (await ledger_app()).state.kernel
+    auditor = kernel.events.consumers["ledger-auditor"]
+
+    async def void(count: int) -> None:
+        for n in range(count):
+            async with kernel.db.unit_of_work() as session:
+                await emit(session, "ledger.entry.voided", EntryVoided(entry_id=f"e-{n}"))
+
+    since = utcnow()
+    await void(5)
+    first = await emit_entry(kernel, 1)
+    await eventually(lambda: _handled(kernel, first.id, 1))
+    await void(5)
+    second = await emit_entry(kernel, 2)
+    await eventually(lambda: _handled(kernel, second.id, 1))
+    assert await kernel.events.backend.lag(kernel, auditor) == 0
+
+    await kernel.events.backend.rewind(kernel, auditor, since)
+    await eventually(lambda: _handled(kernel, first.id, 2))
+    await eventually(lambda: _handled(kernel, second.id, 2))
+
+
+async def _handled(kernel: Kernel, event_id: object, times: int) -> bool:
+    return await handled_count(kernel, AUDITED, event_id) == times  # type: ignore[arg-type]

@@ -172,7 +172,7 @@ class EventBus:
             return 0
         for event_type in types:
             metrics.PUBLISHED.labels(event_type).inc()
-        self.backend.published()
+        self.backend.published(types)
         return len(types)
 
 

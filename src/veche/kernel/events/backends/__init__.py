@@ -7,7 +7,7 @@ default); `nats` publishes to NATS JetStream and reads through durable pull cons
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -23,8 +23,9 @@ class Backend(Protocol):
     async def publish(self, session: AsyncSession, rows: Sequence[OutboxEvent]) -> None:
         """Publish committed outbox rows; the caller marks them sent in `session`."""
 
-    def published(self) -> None:
-        """Called after a relay batch committed: wake local consumers."""
+    def published(self, types: Collection[str] | None = None) -> None:
+        """Called after a relay batch committed: wake the local consumers of those event
+        types (all of them when None)."""
 
     async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
         """Deliver events to the consumer until cancelled."""

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -140,7 +140,7 @@ class NatsBackend:
             async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
                 await asyncio.gather(*acks)
 
-    def published(self) -> None:
+    def published(self, types: Collection[str] | None = None) -> None:
         return None
 
     async def _streams_of(self, consumer: Consumer) -> dict[str, list[str]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 import structlog
@@ -36,7 +36,11 @@ LEASE_TTL = dt.timedelta(seconds=30)
 
 class SqlBackend:
     def __init__(self) -> None:
-        self._wakeups: dict[str, asyncio.Event] = {}
+        # Consumer -> its wake-up and the event types it reads.
+        self._wakeups: dict[str, tuple[asyncio.Event, frozenset[str]]] = {}
+        # Consumer -> (its offset, the log position it has looked through): events of
+        # other types between the two are never read again while the offset stays.
+        self._scanned: dict[str, tuple[int, int]] = {}
 
     async def publish(self, session: AsyncSession, rows: Sequence[OutboxEvent]) -> None:
         last = (await session.execute(select(func.max(OutboxEvent.log_position)))).scalar()
@@ -46,14 +50,18 @@ class SqlBackend:
             row.log_position = position
         await session.flush()
 
-    def published(self) -> None:
-        for wakeup in self._wakeups.values():
-            wakeup.set()
+    def published(self, types: Collection[str] | None = None) -> None:
+        """Wake the consumers of any of `types` (every consumer when None)."""
+        for wakeup, reads in self._wakeups.values():
+            if types is None or not reads.isdisjoint(types):
+                wakeup.set()
 
     async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
         settings = kernel.settings.events
         lease_name, lease_until = f"events:{consumer.name}", dt.datetime.min.replace(tzinfo=dt.UTC)
-        wakeup = self._wakeups.setdefault(consumer.name, asyncio.Event())
+        wakeup, _types = self._wakeups.setdefault(
+            consumer.name, (asyncio.Event(), frozenset(consumer.event_types))
+        )
         while True:
             wakeup.clear()
             now = dt.datetime.now(dt.UTC)
@@ -73,21 +81,35 @@ class SqlBackend:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=settings.poll_interval_seconds)
 
+    def _scan_from(self, consumer: Consumer, offset: int) -> int:
+        """Where to look from: past what this process already looked through, unless the
+        offset moved since (a rewind, or another process that held the lease)."""
+        seen_offset, horizon = self._scanned.get(consumer.name, (-1, 0))
+        return max(offset, horizon) if seen_offset == offset else offset
+
     async def _next_batch(self, kernel: Kernel, consumer: Consumer) -> int:
+        batch_size = kernel.settings.events.batch_size
         async with kernel.db.unit_of_work() as session:
             offset = await _offset(session, consumer.name)
+            start = self._scan_from(consumer, offset)
+            # Positions are given in commit order, so everything up to the newest one is
+            # already visible: a short batch has looked through all of it.
+            newest = int(await session.scalar(select(func.max(OutboxEvent.log_position))) or 0)
             rows = (
                 await session.scalars(
                     select(OutboxEvent)
                     .where(
-                        OutboxEvent.log_position > offset,
+                        OutboxEvent.log_position > start,
+                        OutboxEvent.log_position <= newest,
                         OutboxEvent.type.in_(consumer.event_types),
                     )
                     .order_by(OutboxEvent.log_position)
-                    .limit(kernel.settings.events.batch_size)
+                    .limit(batch_size)
                 )
             ).all()
         if not rows:
+            # Nothing of its types: the offset stays (no write), the scan moves on.
+            self._scanned[consumer.name] = (offset, max(start, newest))
             return 0
         events = [envelope_of(row) for row in rows]
         positions = [int(row.log_position or 0) for row in rows]
@@ -102,7 +124,10 @@ class SqlBackend:
         except StaleBatch:
             # Rewound meanwhile: what this batch did is rolled back; read from the new offset.
             log.info("event_batch_stale", consumer=consumer.name)
+            self._scanned.pop(consumer.name, None)
             return 0
+        if len(rows) < batch_size:
+            self._scanned[consumer.name] = (positions[-1], newest)
         return len(rows)
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
@@ -112,7 +137,7 @@ class SqlBackend:
                 select(func.count())
                 .select_from(OutboxEvent)
                 .where(
-                    OutboxEvent.log_position > offset,
+                    OutboxEvent.log_position > self._scan_from(consumer, offset),
                     OutboxEvent.type.in_(consumer.event_types),
                 )
             )
