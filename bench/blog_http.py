@@ -18,7 +18,26 @@ Veche and the baseline:
    rate, and the same driver sending `GET /bare` at the same rate as the baseline.
 
 Then it times `process_image` (decode, checks, three WebP variants) on 1, 4 and 12
-megapixel JPEGs in this process and reports milliseconds per megapixel. With two or more
+megapixel JPEGs in this process and reports milliseconds per megapixel.
+
+`--scenario feed` measures `GET /api/v1/blog/feed` instead (target p95 under 30 ms at
+300/s). It seeds `--authors` (20) users, each with a blog and `--posts-per-author` (15)
+published posts; the reader follows the 20 blogs; every post gets likes from
+`--likes-per-post` (5) of the other authors and `--comments-per-post` (2) comments, and the
+reader likes every third post and comments on every fifth (so the page's `liked` and
+`commented` have both answers). Suggestions are off (`VECHE_BLOG__SUGGESTIONS_ENABLED`):
+the recommender would run the local embedding model on the server's CPU for every seeded
+post; the feed still asks for them. Once the event consumers are idle (two cache hits in a
+row), per repetition, alternating, `bench/openloop.py` at the read rate runs against:
+
+1. the feed, **cached**: the server that seeded (role `all`), the first page served from
+   its in-process cache (`Cache-Status: veche; hit`, checked before and after);
+2. the feed, **uncached**: a second `veche serve` on the same database with
+   `VECHE_BLOG__FEED_CACHE_SECONDS=0` (the documented switch that turns the cache off) and
+   role `api`, so every request computes the page (`veche; fwd=miss`, checked);
+3. `GET /bare` at the same rate.
+
+With two or more
 CPUs the servers are pinned to the last CPU and the load generators to the first
 (`--no-pin` turns that off). PostgreSQL runs use their own database, `bench_blog`.
 Prints a Markdown table and writes the raw results as JSON to `bench/results/`.
@@ -43,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, HOST, PG_ADMIN, RESULTS, log
+from common import BENCH, HOST, PASSWORD, PG_ADMIN, RESULTS, VENV_BIN, free_port, log
 from me_vs_bare import (
     SERVER_ENV,
     Pinning,
@@ -403,6 +422,284 @@ def markdown(results: list[dict[str, Any]], images: list[dict[str, Any]], args: 
     return "\n".join(lines)
 
 
+# -- the feed ---------------------------------------------------------------------------
+
+FEED_PATH = "/api/v1/blog/feed"
+FEED_TARGET_P95_MS = 30.0
+FEED_ENV = {
+    # The recommender would embed every seeded post with the local model on the server's
+    # CPU while the feed is measured.
+    "VECHE_BLOG__SUGGESTIONS_ENABLED": "false",
+    "VECHE_RATE_LIMITS": json.dumps(
+        {
+            "default": "100000000/minute",
+            "auth": "100000/minute",
+            "blog_write": "100000000/minute",
+        }
+    ),
+}
+
+
+async def seed_feed(port: int, reader_token: str, args: argparse.Namespace) -> dict[str, int]:
+    """Authors with a blog and published posts each, the reader following every blog,
+    likes and comments from the other authors and some from the reader."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=8, max_keepalive_connections=8)
+    gate = asyncio.Semaphore(8)
+    counts = {"posts": 0, "likes": 0, "comments": 0}
+    async with httpx.AsyncClient(
+        base_url=f"http://{HOST}:{port}/api/v1", limits=limits, timeout=60
+    ) as client:
+
+        async def call(method: str, path: str, token: str, body: Any = None) -> Any:
+            async with gate:
+                response = await client.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {token}"}
+                )
+            if response.status_code >= 300:
+                raise RuntimeError(f"{method} {path} answered {response.status_code}")
+            return response.json() if response.content else None
+
+        async def author(index: int) -> str:
+            email = f"author{index}@example.com"
+            account = {"email": email, "password": PASSWORD, "display_name": f"Author {index}"}
+            async with gate:
+                registered = await client.post("/auth/register", json=account)
+                login = await client.post(
+                    "/auth/login", json={"email": email, "password": PASSWORD}
+                )
+            if registered.status_code != 201 or login.status_code != 200:
+                raise RuntimeError(f"author {index}: {registered.status_code}")
+            token = str(login.json()["access_token"])
+            blog = {"slug": f"author-{index}", "title": f"Author {index}"}
+            await call("POST", "/blog/blogs", token, blog)
+            return token
+
+        tokens = await asyncio.gather(*(author(i) for i in range(args.authors)))
+        follows = [f"/blog/blogs/author-{i}/follow" for i in range(args.authors)]
+        await asyncio.gather(*(call("PUT", path, reader_token) for path in follows))
+        posts: list[tuple[int, str]] = []
+        for number in range(args.posts_per_author):  # interleaved: a realistic timeline
+            created = await asyncio.gather(
+                *(
+                    call(
+                        "POST",
+                        "/blog/posts",
+                        tokens[i],
+                        {
+                            "blog": f"author-{i}",
+                            "title": f"Post {number} of author {i}",
+                            "body_html": BODY_HTML,
+                            "tags": ["feed", f"t{number % 5}"],
+                            "state": "published",
+                        },
+                    )
+                    for i in range(args.authors)
+                )
+            )
+            posts += [(i, str(post["id"])) for i, post in enumerate(created)]
+        counts["posts"] = len(posts)
+        actions = []
+        for number, (owner, post_id) in enumerate(posts):
+            others = [i for i in range(args.authors) if i != owner]
+            for k in range(args.likes_per_post):
+                liker = others[(number + k) % len(others)]
+                actions.append(call("PUT", f"/blog/posts/{post_id}/like", tokens[liker]))
+            for k in range(args.comments_per_post):
+                commenter = others[(number + 7 + k) % len(others)]
+                body = {"body_html": f"<p>Comment {k} on post {number}.</p>"}
+                actions.append(
+                    call("POST", f"/blog/posts/{post_id}/comments", tokens[commenter], body)
+                )
+            if number % 3 == 0:
+                actions.append(call("PUT", f"/blog/posts/{post_id}/like", reader_token))
+                counts["likes"] += 1
+            if number % 5 == 0:
+                body = {"body_html": f"<p>The reader on post {number}.</p>"}
+                actions.append(call("POST", f"/blog/posts/{post_id}/comments", reader_token, body))
+                counts["comments"] += 1
+        counts["likes"] += len(posts) * args.likes_per_post
+        counts["comments"] += len(posts) * args.comments_per_post
+        await asyncio.gather(*actions)
+    return counts
+
+
+def feed_status(port: int, token: str) -> tuple[str, int]:
+    """One feed read: its Cache-Status and how many items it had."""
+    import http.client
+
+    conn = http.client.HTTPConnection(HOST, port, timeout=30)
+    try:
+        conn.request("GET", FEED_PATH, headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        body = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"the feed answered {response.status}: {body}")
+        return response.getheader("Cache-Status", ""), len(body["items"])
+    finally:
+        conn.close()
+
+
+def wait_for_quiet_feed(port: int, token: str, timeout: float = 300.0) -> float:
+    """Wait until the event consumers stopped renewing the reader's feed: two hits in a
+    row one second apart. Returns the seconds waited."""
+    started = time.monotonic()
+    hits = 0
+    while time.monotonic() - started < timeout:
+        status, _ = feed_status(port, token)
+        hits = hits + 1 if status.endswith("hit") else 0
+        if hits >= 2:
+            return round(time.monotonic() - started, 1)
+        time.sleep(1.0)
+    raise RuntimeError("the feed cache never settled: the consumers are still busy")
+
+
+def bench_feed(database: str, args: argparse.Namespace, pinning: Pinning) -> dict[str, Any]:
+    from me_vs_bare import start_server
+
+    log(f"== feed, {database} ==")
+    with tempfile.TemporaryDirectory(prefix="veche-bench-feed-") as directory:
+        workdir = Path(directory)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VECHE_")}
+        env.update(BLOG_ENV)
+        env.update(FEED_ENV)
+        env["VECHE_DATA_DIR"] = str(workdir / "var")
+        if database == "postgresql":
+            reset_blog_database()
+            env["VECHE_DATABASE_URL"] = PG_BLOG_URL
+        migrate(env, workdir)
+        with servers(env, workdir, pinning) as (veche, bare):
+            token = sign_in(veche.port)
+            started = time.monotonic()
+            counts = asyncio.run(seed_feed(veche.port, token, args))
+            log(f"seeded {counts} in {time.monotonic() - started:.1f} s")
+            waited = wait_for_quiet_feed(veche.port, token)
+            log(f"the consumers were done {waited} s after seeding")
+            uncached_port = free_port()
+            uncached_env = {
+                **env,
+                "VECHE_BLOG__FEED_CACHE_SECONDS": "0",
+                "VECHE_ROLE": "api",
+            }
+            uncached = start_server(
+                "veche-uncached",
+                [
+                    *pinning.prefix(pinning.server),
+                    str(VENV_BIN / "veche"),
+                    "serve",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(uncached_port),
+                ],
+                uncached_port,
+                uncached_env,
+                workdir,
+                "/health",
+            )
+            try:
+                checks = {
+                    "cached": feed_status(veche.port, token),
+                    "uncached": feed_status(uncached.port, token),
+                }
+                log(f"Cache-Status and items: {checks}")
+                if not checks["cached"][0].endswith("hit") or checks["uncached"][0].endswith("hit"):
+                    raise RuntimeError(f"unexpected cache states: {checks}")
+                auth = [f"Authorization: Bearer {token}"]
+                targets = {
+                    "cached": (f"http://{HOST}:{veche.port}{FEED_PATH}", auth),
+                    "uncached": (f"http://{HOST}:{uncached.port}{FEED_PATH}", auth),
+                    "bare": (f"http://{HOST}:{bare.port}/bare", []),
+                }
+                log("warming up")
+                for url, headers in targets.values():
+                    run_openloop(url, headers, args.read_rate, 3, 16, pinning)
+                series = {name: Series() for name in targets}
+                for repetition in range(args.repetitions):
+                    for name, (url, headers) in targets.items():
+                        series[name].runs.append(
+                            run_openloop(url, headers, args.read_rate, args.duration, 32, pinning)
+                        )
+                    log(
+                        f"repetition {repetition + 1}/{args.repetitions}: p95 "
+                        + ", ".join(f"{n} {s.runs[-1]['p95_ms']} ms" for n, s in series.items())
+                    )
+                after = feed_status(veche.port, token)
+                if not after[0].endswith("hit"):
+                    raise RuntimeError(f"the cached feed was not a hit after the runs: {after}")
+            finally:
+                uncached.stop()
+    return {
+        "database": database,
+        "seeded": counts,
+        "items_per_page": checks["cached"][1],
+        "consumers_settled_after_s": waited,
+        "runs": {name: found.runs for name, found in series.items()},
+        "summary": {
+            name: {
+                "p50_ms": found.median("p50_ms"),
+                "p95_ms": found.median("p95_ms"),
+                "p99_ms": found.median("p99_ms"),
+                "p95_ms_all": [run["p95_ms"] for run in found.runs],
+                "achieved": found.median("achieved_rate"),
+                "failures": found.failures()
+                + sum(int(run.get("timeouts", 0)) for run in found.runs),
+            }
+            for name, found in series.items()
+        },
+    }
+
+
+def feed_markdown(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"`GET {FEED_PATH}` at {args.read_rate:.0f}/s, {args.duration:.0f} s per run, "
+        f"median of {args.repetitions}.",
+        "",
+        "| database | path | p50 ms | p95 ms | p99 ms | p95 per run | achieved/s "
+        "| failures | target p95 < 30 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        for name, row in result["summary"].items():
+            verdict = "-"
+            if name != "bare":
+                verdict = "met" if row["p95_ms"] < FEED_TARGET_P95_MS else "missed"
+            per_run = ", ".join(f"{value:.1f}" for value in row["p95_ms_all"])
+            lines.append(
+                f"| {result['database']} | {name} | {row['p50_ms']:.1f} | {row['p95_ms']:.1f} "
+                f"| {row['p99_ms']:.1f} | {per_run} | {row['achieved']:.0f} "
+                f"| {row['failures']} | {verdict} |"
+            )
+    return "\n".join(lines)
+
+
+def feed_main(
+    args: argparse.Namespace, pinning: Pinning, databases: list[str], started: dt.datetime
+) -> None:
+    host = machine()
+    results = [bench_feed(database, args, pinning) for database in databases]
+    table = feed_markdown(results, args)
+    print(table)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"blog_feed-{started:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "started": started.isoformat(),
+                "arguments": {k: v for k, v in vars(args).items() if k != "command"},
+                "pinning": asdict(pinning),
+                "machine": {**host, "load_average_at_end": os.getloadavg()},
+                "results": results,
+                "table": table,
+            },
+            indent=2,
+        ),
+        encoding="utf-8",
+    )
+    log(f"results written to {path.relative_to(BENCH.parent)}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     sub = parser.add_subparsers(dest="command")
@@ -420,6 +717,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--posts", type=int, default=200, help="published posts seeded first")
     parser.add_argument("--image-repetitions", type=int, default=5)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument(
+        "--scenario",
+        choices=["posts", "feed"],
+        default="posts",
+        help="posts: post reads, creates and images; feed: GET /feed cached and uncached",
+    )
+    parser.add_argument("--authors", type=int, default=20, help="(feed) blogs the reader follows")
+    parser.add_argument("--posts-per-author", type=int, default=15, help="(feed)")
+    parser.add_argument("--likes-per-post", type=int, default=5, help="(feed)")
+    parser.add_argument("--comments-per-post", type=int, default=2, help="(feed)")
     return parser.parse_args(argv)
 
 
@@ -441,6 +748,9 @@ def main(argv: list[str] | None = None) -> None:
     pinning = choose_pinning(not args.no_pin)
     databases = ["sqlite", "postgresql"] if args.database == "both" else [args.database]
     started = dt.datetime.now(dt.UTC)
+    if args.scenario == "feed":
+        feed_main(args, pinning, databases, started)
+        return
     results = [bench_database(database, args, pinning) for database in databases]
     images = bench_images(args.image_repetitions)
     table = markdown(results, images, args)

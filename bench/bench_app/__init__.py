@@ -1,6 +1,9 @@
 """A benchmark-only app, never installed under `veche.apps`.
 
 - Channels `bench:*` that any signed-in user may read (the kernel alone only has `user:`).
+- Channels `benchroom:*` that any signed-in user may read and publish to from a WebSocket
+  (`publish` frames go straight to the hub: no handler, no database), with presence like
+  the blog's `conversation:` channels: the baseline of `bench/blog_messenger.py`.
 - `POST /api/v1/bench/publish?mode=one|many&n=1000`: publishes one message on `bench:all`
   (`one`) or one on each of `bench:c0` .. `bench:c{n-1}` (`many`), each stamped with
   `time.time_ns()` just before its `kernel.realtime.publish`, so a receiver on the same
@@ -79,5 +82,8 @@ module = AppModule(
     consumers=[count_tick],
     # A broadcast feed: nobody needs to know who else listens, so no presence (with it,
     # 1,000 joins on one channel are a million join frames).
-    channel_policies={"bench:": ChannelPolicy(subscribe=_anyone, presence=False)},
+    channel_policies={
+        "bench:": ChannelPolicy(subscribe=_anyone, presence=False),
+        "benchroom:": ChannelPolicy(subscribe=_anyone, publish=_anyone),
+    },
 )

@@ -70,13 +70,16 @@ class MessageService:
                 extra={"max_chars": limit},
             )
 
-    async def _check_reachable(self, conversation: Conversation) -> None:
-        """In a direct conversation a block either way stops writing (both ways)."""
+    async def _check_reachable(self, conversation: Conversation) -> list[UUID] | None:
+        """In a direct conversation a block either way stops writing (both ways). Returns
+        a direct conversation's members (which never change), None for a group."""
         if conversation.kind != "direct":
-            return
-        for other_id in await self.membership.member_ids(conversation.id):
+            return None
+        member_ids = await self.membership.member_ids(conversation.id)
+        for other_id in member_ids:
             if other_id != self.user_id and await self.membership.blocked_between(other_id):
                 raise UserBlocked("A block between you and this user stops writing here")
+        return member_ids
 
     async def send(
         self, conversation_id: UUID, body: str, client_id: str | None = None
@@ -89,7 +92,7 @@ class MessageService:
             earlier = await self.membership.sent_with_client_id(conversation.id, client_id)
             if earlier is not None:
                 return self._replayed(earlier, body), False
-        await self._check_reachable(conversation)
+        direct_members = await self._check_reachable(conversation)
         now = utcnow()
         try:
             # The seq is taken inside the savepoint, so a lost race on `client_id` gives
@@ -115,7 +118,7 @@ class MessageService:
                 raise
             return self._replayed(earlier, body), False
         await self.membership.advance_read(conversation.id, seq)  # you have read your own
-        member_ids = await self.membership.member_ids(conversation.id)
+        member_ids = direct_members or await self.membership.member_ids(conversation.id)
         await emit(
             self.session,
             MESSAGE_SENT,
