@@ -6,6 +6,7 @@ from this origin only, no inline code, fetch and WebSocket to this origin only."
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from typing import Annotated
 
@@ -37,12 +38,17 @@ _SECURITY_HEADERS = {
 }
 
 
+@functools.cache
+def _body(name: str) -> bytes:
+    """Read once per process (three small files): no file I/O on the event loop after."""
+    return (_ASSETS / name).read_bytes()
+
+
 def _asset(name: str) -> Response:
     media_type = _TYPES.get(name)
     if media_type is None:
         raise WebAssetNotFound(f"No web asset named {name!r}")
-    body = (_ASSETS / name).read_bytes()
-    return Response(body, media_type=media_type, headers=_SECURITY_HEADERS)
+    return Response(_body(name), media_type=media_type, headers=_SECURITY_HEADERS)
 
 
 @router.get("/web")
