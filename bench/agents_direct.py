@@ -19,8 +19,13 @@ is our own cost; `local` uses the packaged e5 model for memory (two embeddings p
 the query for recall and the interaction stored).
 
 `--llm local` answers with the packaged local chat model instead of the fake server (with
-`--max-tokens` per answer, 64 by default): the end-to-end time a user waits, whose P95
+`--max-tokens` per answer, 64 by default, on `--threads` threads, 1 by default as
+`VECHE_AI__LOCAL_THREADS`): the end-to-end time a user waits, whose P95
 has its own target (under 2 s); the baseline is then a bare call to the same model.
+A small model's answers are as long as it chooses, and their length decides most of the
+time: `--questions same` sends "question n: what next?" each time, `--questions varied` thirty
+everyday questions in one session. The results record the measured calls' prompt and
+answer sizes as the gateway counted them.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from uuid import UUID
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from common import RESULTS, ROOT, log
 
@@ -49,13 +55,50 @@ from tests.helpers import signed_up
 from veche.apps.agents import module as agents_module
 from veche.apps.agents.stream import session_channel
 from veche.kernel import build_app
+from veche.kernel.ai.models import AIUsage
 from veche.kernel.ai.types import Message
+from veche.kernel.db import utcnow
 from veche.kernel.identity.models import User
 from veche.kernel.realtime.hub import CLOSED, Outgoing
 from veche.migrate import upgrade
 from veche.settings import AgentsSettings, AISettings, Settings
 
 PREFIX = "/api/v1/agents"
+
+# `--questions varied`: what a user might ask a small assistant, one after another in one
+# session, so the answers' lengths are the model's own choice.
+VARIED = [
+    "What is the capital of France?",
+    "Give me three words that rhyme with light.",
+    "How many minutes are in a day?",
+    "Suggest a name for a grey cat.",
+    "What does HTTP stand for?",
+    "Translate 'good morning' into Spanish.",
+    "Is a tomato a fruit or a vegetable?",
+    "Write a one-line slogan for a bakery.",
+    "What is 17 times 3?",
+    "Name a planet with rings.",
+    "What should I pack for a weekend hike?",
+    "Explain what a database index is, briefly.",
+    "What year did the first moon landing happen?",
+    "Give me a synonym for happy.",
+    "How do I boil an egg?",
+    "What is the boiling point of water in Fahrenheit?",
+    "Recommend a book for a long train ride.",
+    "What is the plural of mouse?",
+    "Summarize the plot of Cinderella in one sentence.",
+    "Which ocean is the largest?",
+    "What is a haiku?",
+    "Tell me a fun fact about octopuses.",
+    "How many legs does a spider have?",
+    "What colour do you get by mixing blue and yellow?",
+    "Give me a tip for remembering names.",
+    "What is the opposite of ancient?",
+    "How long does light take to reach Earth from the Sun?",
+    "Name three kinds of clouds.",
+    "What is the main ingredient of guacamole?",
+    "Suggest a quick stretching exercise for the desk.",
+]
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -68,7 +111,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def settings_for(
-    tmp: str, fake: FakeOpenAI, embeddings: str, llm: str = "fake", max_tokens: int = 64
+    tmp: str,
+    fake: FakeOpenAI,
+    embeddings: str,
+    llm: str = "fake",
+    max_tokens: int = 64,
+    threads: int = 1,
 ) -> Settings:
     values: dict[str, Any] = {
         "_env_file": None,
@@ -89,7 +137,10 @@ def settings_for(
         "agents": AgentsSettings(runner_poll_seconds=1.0),
     }
     if llm == "local":
-        values |= {"llm_provider": "local", "ai": AISettings(max_tokens=max_tokens)}
+        values |= {
+            "llm_provider": "local",
+            "ai": AISettings(max_tokens=max_tokens, local_threads=threads),
+        }
         del values["llm_base_url"], values["llm_model"], values["llm_api_key"]
     if embeddings == "fake":
         ai = values.get("ai", AISettings())
@@ -101,6 +152,37 @@ def settings_for(
             "ai": ai.model_copy(update={"embedding_dimensions": fake.embedding_dimensions}),
         }
     return Settings(**values)
+
+
+def question(args: argparse.Namespace, n: int) -> str:
+    if args.questions == "varied":
+        return VARIED[n % len(VARIED)]
+    return f"question {n}: what next?"
+
+
+async def usage_since(kernel: Any, since: Any) -> dict[str, Any]:
+    """What the gateway recorded of the measured messages' chat calls: the prompt and
+    answer sizes and the model's own time, to tell the model's share from ours."""
+    async with kernel.db.unit_of_work() as session:
+        rows = (
+            await session.scalars(
+                select(AIUsage).where(AIUsage.kind != "embedding", AIUsage.created_at >= since)
+            )
+        ).all()
+    if not rows:
+        return {}
+    return {
+        "count": len(rows),
+        "prompt_tokens_p50": statistics.median(row.prompt_tokens for row in rows),
+        "prompt_tokens_max": max(row.prompt_tokens for row in rows),
+        "completion_tokens_p50": statistics.median(row.completion_tokens for row in rows),
+        "latency_ms_p50": statistics.median(row.latency_ms for row in rows),
+        "latency_ms_max": max(row.latency_ms for row in rows),
+        "calls": [
+            [row.prompt_tokens, row.completion_tokens, row.latency_ms]
+            for row in sorted(rows, key=lambda row: row.created_at)
+        ],
+    }
 
 
 async def completed(connection: Any) -> None:
@@ -120,7 +202,7 @@ async def completed(connection: Any) -> None:
 
 async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="veche-direct-") as tmp:
-        settings = settings_for(tmp, fake, args.embeddings, args.llm, args.max_tokens)
+        settings = settings_for(tmp, fake, args.embeddings, args.llm, args.max_tokens, args.threads)
         await upgrade(settings)
         app: FastAPI = build_app(settings, [agents_module])
         kernel = app.state.kernel
@@ -162,24 +244,26 @@ async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
                     assert response.status_code == 202, response.text
                     await completed(connection)
                 runs: list[float] = []
+                measured_from = utcnow()
                 for n in range(args.messages):
                     started = time.perf_counter()
                     response = await http.post(
                         url,
-                        json={"content": f"question {n}: what next?", "target_agent": agent["id"]},
+                        json={"content": question(args, n), "target_agent": agent["id"]},
                         headers=headers,
                     )
                     assert response.status_code == 202, response.text
                     await completed(connection)
                     runs.append(time.perf_counter() - started)
                 kernel.realtime.disconnect(connection)
+                model_calls = await usage_since(kernel, measured_from)
 
                 fake.script("chat", *[ChatReply(content="ok", delay=delay)] * args.messages)
                 bare: list[float] = []
                 for n in range(args.messages):
                     started = time.perf_counter()
                     await kernel.ai.llm.chat(
-                        [Message.system("Be brief."), Message.user(f"question {n}: what next?")],
+                        [Message.system("Be brief."), Message.user(question(args, n))],
                         app="agents",
                     )
                     bare.append(time.perf_counter() - started)
@@ -192,10 +276,13 @@ async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
         "embeddings": args.embeddings,
         "llm": args.llm,
         "max_tokens": args.max_tokens if args.llm == "local" else None,
+        "local_threads": args.threads if args.llm == "local" else None,
+        "questions": args.questions,
         "direct_mode": run_p,
         "baseline_gateway_call": bare_p,
         "overhead_p50_ms": round(run_p["p50_ms"] - bare_p["p50_ms"], 2),
         "overhead_p95_ms": round(run_p["p95_ms"] - bare_p["p95_ms"], 2),
+        "model_calls": model_calls,
     }
 
 
@@ -206,6 +293,8 @@ def main() -> None:
     parser.add_argument("--embeddings", choices=["fake", "local"], default="fake")
     parser.add_argument("--llm", choices=["fake", "local"], default="fake")
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=1, help="the local model's threads")
+    parser.add_argument("--questions", choices=["same", "varied"], default="same")
     args = parser.parse_args()
     fake = FakeOpenAI(embedding_dimensions=16)
     with fake.running():
@@ -223,9 +312,12 @@ def main() -> None:
         f"| our overhead (difference) | {results['overhead_p50_ms']} | "
         f"{results['overhead_p95_ms']} |"
     )
+    if results["model_calls"]:
+        summary = {k: v for k, v in results["model_calls"].items() if k != "calls"}
+        print(f"model calls of the measured messages: {summary}")
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = RESULTS / f"agents_direct-{args.llm}-llm-{args.embeddings}-{stamp}.json"
+    path = RESULTS / f"agents_direct-{args.llm}-llm-{args.embeddings}-{args.questions}-{stamp}.json"
     path.write_text(json.dumps(results, indent=2))
     log(f"raw results: {path}")
 

@@ -55,6 +55,7 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -62,7 +63,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,18 +170,35 @@ PLANNER_HEAD = planner_messages("", [])[0][1][:60]
 # -- the fake model --------------------------------------------------------------------------
 
 
+@dataclass
+class Counters:
+    """The fake's call counts, shared with the benchmark's process."""
+
+    planning: Any  # multiprocessing.Value("q")
+    chat: Any
+
+
 class BenchFake(FakeOpenAI):
     """The tests' fake server answering by request: the planning call (recognised by the
     planner's system prompt) gets the fixed plan, every other chat call a short text, both
     after `delay`; embeddings keep the fake's hash vectors. Nothing needs scripting, so a
     health check or any call we did not foresee cannot shift the answers."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, counters: Counters | None = None) -> None:
         super().__init__(embedding_dimensions=16)
         self.plan_reply = ChatReply(content=json.dumps(PLAN), delay=delay)
         self.text_reply = ChatReply(content=STEP_ANSWER, delay=delay)
-        self.planning_calls = 0
-        self.chat_calls = 0
+        self.counters = counters or Counters(
+            multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
+        )
+
+    @property
+    def planning_calls(self) -> int:
+        return int(self.counters.planning.value)
+
+    @property
+    def chat_calls(self) -> int:
+        return int(self.counters.chat.value)
 
     async def _record(
         self, request: Request, endpoint: Endpoint | None
@@ -190,10 +208,59 @@ class BenchFake(FakeOpenAI):
             planning = _is_planning(body)
             with self._lock:
                 self.requests.clear()  # keep no bodies: a bus run makes thousands of calls
-                self.chat_calls += 1
-                self.planning_calls += planning
+                self.counters.chat.value += 1
+                self.counters.planning.value += planning
             reply = self.plan_reply if planning else self.text_reply
         return body, reply
+
+
+class OutOfProcessFake:
+    """`BenchFake` served by a child process: the model server stands for another machine,
+    so its CPU (uvicorn, JSON, the hash embeddings) must not share this process's GIL and
+    count as our overhead. The counters are shared memory."""
+
+    embedding_dimensions = 16
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.base_url = ""
+        self.counters = Counters(multiprocessing.Value("q", 0), multiprocessing.Value("q", 0))
+
+    @property
+    def planning_calls(self) -> int:
+        return int(self.counters.planning.value)
+
+    @property
+    def chat_calls(self) -> int:
+        return int(self.counters.chat.value)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[OutOfProcessFake]:
+        context = multiprocessing.get_context("fork")  # before any thread or loop exists
+        ready: Any = context.SimpleQueue()
+        stop = context.Event()
+        child = context.Process(
+            target=_serve_fake, args=(self.delay, self.counters, ready, stop), daemon=True
+        )
+        child.start()
+        self.base_url = ready.get()
+        try:
+            yield self
+        finally:
+            stop.set()
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+
+
+def _serve_fake(delay: float, counters: Counters, ready: Any, stop: Any) -> None:
+    fake = BenchFake(delay, counters)
+    with fake.running():
+        ready.put(fake.base_url)
+        stop.wait()
+
+
+Fake = BenchFake | OutOfProcessFake
 
 
 def _is_planning(body: Any) -> bool:
@@ -206,9 +273,7 @@ def _is_planning(body: Any) -> bool:
 # -- settings, database and app --------------------------------------------------------------
 
 
-def settings_for(
-    data_dir: str, fake: FakeOpenAI, args: argparse.Namespace, prefix: str
-) -> Settings:
+def settings_for(data_dir: str, fake: Fake, args: argparse.Namespace, prefix: str) -> Settings:
     load = max(1000, 2 * args.tasks + 100)
     values: dict[str, Any] = {
         "_env_file": None,
@@ -268,7 +333,7 @@ async def reset_postgresql() -> str:
 
 
 @contextlib.asynccontextmanager
-async def fresh_app(args: argparse.Namespace, fake: FakeOpenAI) -> AsyncIterator[FastAPI]:
+async def fresh_app(args: argparse.Namespace, fake: Fake) -> AsyncIterator[FastAPI]:
     """A migrated, empty database and the app on it with its lifespan running (runner,
     relay and consumers: role `all`)."""
     prefix = f"bench{uuid.uuid4().hex[:10]}"
@@ -450,7 +515,7 @@ async def plan_setup(api: Api) -> tuple[str, str, list[AgentCard]]:
     return url, chat["id"], cards
 
 
-async def plan_repetition(args: argparse.Namespace, fake: BenchFake) -> dict[str, Any]:
+async def plan_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any]:
     async with fresh_app(args, fake) as app, client(app) as api:
         url, session_id, cards = await plan_setup(api)
         connection = await api.listening([session_id])
@@ -539,7 +604,7 @@ async def direct_calls(api: Api, calls: int) -> float:
     return time.perf_counter() - started
 
 
-async def bus_repetition(args: argparse.Namespace, fake: BenchFake) -> dict[str, Any]:
+async def bus_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any]:
     async with fresh_app(args, fake) as app, client(app) as api:
         project = await api.made("/projects", {"name": "Bench"})
         agent = await api.made(
@@ -686,10 +751,8 @@ def bus_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str,
     return medians
 
 
-async def measure(
-    args: argparse.Namespace, fake: BenchFake
-) -> tuple[list[dict[str, Any]], str | None]:
-    repetition: Callable[[argparse.Namespace, BenchFake], Awaitable[dict[str, Any]]] = (
+async def measure(args: argparse.Namespace, fake: Fake) -> tuple[list[dict[str, Any]], str | None]:
+    repetition: Callable[[argparse.Namespace, Fake], Awaitable[dict[str, Any]]] = (
         plan_repetition if args.mode == "plan" else bus_repetition
     )
     rows = []
@@ -712,9 +775,19 @@ def main() -> None:
     parser.add_argument("--posters", type=int, default=10, help="concurrent POSTs (mode bus)")
     parser.add_argument("--delay-ms", type=int, default=0, help="the fake's chat delay")
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument(
+        "--fake",
+        choices=["process", "thread"],
+        default="process",
+        help="serve the fake model from a child process (default) or a thread of this one",
+    )
     args = parser.parse_args()
     info = machine()
-    fake = BenchFake(args.delay_ms / 1000)
+    fake: Fake = (
+        OutOfProcessFake(args.delay_ms / 1000)
+        if args.fake == "process"
+        else BenchFake(args.delay_ms / 1000)
+    )
     with fake.running():
         rows, version = asyncio.run(measure(args, fake))
     medians = plan_table(rows, args) if args.mode == "plan" else bus_table(rows, args)

@@ -155,6 +155,10 @@ class AgentsSettings(BaseModel):
     history_messages: Annotated[int, Field(ge=1, le=200)] = 10
     history_tokens: Annotated[int, Field(ge=100, le=100_000)] = 4000
     memory_results: Annotated[int, Field(ge=0, le=50)] = 5
+    # The similarity a memory needs to be put in a run's prompt; None: the embedding
+    # model's own floor (multilingual-e5-small 0.8, all-MiniLM-L6-v2 0.3; none known for
+    # an OpenAI-compatible model), 0: every hit.
+    memory_min_score: Annotated[float, Field(ge=-1.0, le=1.0)] | None = None
     max_tool_rounds: Annotated[int, Field(ge=1, le=50)] = 8
     # How often the runner looks for work other processes queued or resolved.
     runner_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0

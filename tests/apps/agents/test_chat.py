@@ -204,6 +204,74 @@ async def test_a_message_gets_an_answer_and_the_history_is_paged(
     assert [m["content"] for m in rest.json()["items"]] == ["hello"]
 
 
+async def test_the_history_window_moves_half_a_window_at_a_time(
+    http: httpx.AsyncClient, ann: User, fake_openai: FakeOpenAI
+) -> None:
+    """At most 10 earlier messages, and once the session is longer the window's start
+    moves 5 messages at a time, so runs in a row begin with the same messages."""
+    setup = await _setup(http, ann)
+    rounds = 10
+    fake_openai.script("chat", *[ChatReply(content=f"answer {k}") for k in range(rounds)])
+    seen: list[list[str]] = []
+    for k in range(rounds):
+        response = await _send(http, ann, setup, f"question {k}")
+        assert response.status_code == 202, response.text
+        task = await _finished(http, ann, setup, response.json()["task"]["id"])
+        assert task["status"] == "completed"
+        sent = fake_openai.requests_to("/chat/completions")[-1].body["messages"]
+        assert sent[-1] == {"role": "user", "content": f"question {k}"}
+        seen.append(
+            [
+                item["content"]
+                for item in sent[1:-1]
+                if not item["content"].startswith("Context from your memory")
+            ]
+        )
+    everything = [text for k in range(rounds) for text in (f"question {k}", f"answer {k}")]
+    # Up to 10 earlier messages everything is kept; then 12 -> start at 5, 14 -> 5, 16 -> 10.
+    assert seen[5] == everything[:10]
+    assert seen[6] == everything[5:12]
+    assert seen[7] == everything[5:14]
+    assert seen[8] == everything[10:16]
+    assert seen[9] == everything[10:18]
+    assert all(len(history) <= 10 for history in seen)
+
+
+@pytest.mark.parametrize(("floor", "recalled"), [(None, True), (0.0, True), (0.9999, False)])
+async def test_memories_under_the_relevance_floor_stay_out_of_the_prompt(
+    app_factory: Callable[..., Any],
+    settings_factory: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    floor: float | None,
+    recalled: bool,
+) -> None:
+    """The fake embeddings are hashes: another question scores well under 0.9999. The
+    OpenAI-compatible provider has no floor of its own, so None keeps every hit."""
+    settings = chat_settings(settings_factory, fake_openai, memory_min_score=floor)
+    app = await app_factory(settings, [agents_module])
+    async with client_for(app) as client:
+        ann = await _user(client, "ann@example.com")
+        setup = await _setup(client, ann)
+        fake_openai.script("chat", ChatReply(content="Noted."), ChatReply(content="Again."))
+        first = await _send(client, ann, setup, "Remember the harbour code 1234.")
+        await _finished(client, ann, setup, first.json()["task"]["id"])
+        other = await _made(client, ann, f"/projects/{setup.project['id']}/sessions", {})
+        second = await _post(
+            client,
+            ann,
+            f"/projects/{setup.project['id']}/sessions/{other['id']}/messages",
+            {"content": "Which code did I give you?", "target_agent": setup.agent["id"]},
+        )
+        task = await wait_for_task(
+            client, ann.headers, setup.project["id"], other["id"], second.json()["task"]["id"]
+        )
+        assert task["status"] == "completed"
+    prompt = fake_openai.requests_to("/chat/completions")[-1].body["messages"]
+    assert prompt[-1]["content"] == "Which code did I give you?"
+    with_memory = any("harbour code 1234" in item["content"] for item in prompt[:-1])
+    assert with_memory is recalled
+
+
 async def test_a_message_without_an_agent_goes_to_the_users_only_agent(
     http: httpx.AsyncClient, ann: User, fake_openai: FakeOpenAI
 ) -> None:

@@ -245,3 +245,25 @@ async def test_long_texts_are_truncated_not_rejected(
         assert isinstance(provider, MiniLMEmbeddingProvider)
         assert provider._tokenizer is not None
         assert len(provider._tokenizer.encode(long_text).ids) == 256
+
+
+@pytest.mark.local_model
+@pytest.mark.parametrize("model", LOCAL_EMBEDDING_MODELS)
+async def test_the_relevance_floor_keeps_the_answer_and_drops_most_of_the_rest(
+    providers: dict[str, EmbeddingProvider], model: str
+) -> None:
+    """English queries (both models retrieve well there): the passage that answers a query
+    scores above the model's floor nearly always, the others mostly below it."""
+    provider = providers[model]
+    assert provider.relevance_floor is not None
+    ids, texts, queries = load_set()
+    english = [query for query in queries if query["lang"] == "en"]
+    embedder = Embedder(provider, cache_size=0)
+    passages = await embedder.embed_passages(texts)
+    asked = await embedder.embed([query["text"] for query in english], "query")
+    similarities = asked @ passages.T
+    relevant = np.array([ids.index(query["relevant"]) for query in english])
+    answers = similarities[np.arange(len(english)), relevant]
+    others = similarities[np.arange(len(ids)) != relevant[:, None]]
+    assert (answers >= provider.relevance_floor).mean() >= 0.8, answers
+    assert (others < provider.relevance_floor).mean() >= 0.9, np.sort(others)[-10:]

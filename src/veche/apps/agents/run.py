@@ -177,8 +177,9 @@ class Run:
                     loaded.inputs = await plans.step_results(
                         self.task.plan_id, self.task.depends_on or []
                     )
+                window = self.settings.history_messages
                 loaded.history = await queries.recent_messages(
-                    self.task.session_id, self.settings.history_messages, before=message.id
+                    self.task.session_id, window, before=message.id, step=max(1, window // 2)
                 )
                 if self.task.agent_id is not None:
                     # Last, so the write is all this transaction holds a lock for.
@@ -345,7 +346,14 @@ class Run:
         except ProblemError as error:  # memory is a help, not a requirement of the run
             log.warning("agents_memory_recall_failed", code=error.code)
             hits = []
-        hits = [hit for hit in hits if hit.request.strip() not in seen][:wanted]
+        floor = self.settings.memory_min_score
+        if floor is None:
+            floor = self.kernel.ai.embedder.relevance_floor
+        hits = [
+            hit
+            for hit in hits
+            if hit.request.strip() not in seen and (floor is None or hit.score >= floor)
+        ][:wanted]
         found = [
             {
                 "id": str(hit.id),

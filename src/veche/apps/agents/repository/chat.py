@@ -69,12 +69,17 @@ class ChatQueries(Scoped):
         return self.select(ChatMessage).where(ChatMessage.session_id == session_id)
 
     async def recent_messages(
-        self, session_id: UUID, limit: int, *, before: UUID | None = None
+        self, session_id: UUID, limit: int, *, before: UUID | None = None, step: int = 1
     ) -> list[ChatMessage]:
         """The newest `limit` messages of a session, oldest first. With `before` (the
         message a run answers): the messages sent before it and every answer so far (the
         answers of earlier messages queued with it come after it in time), not itself nor
-        the user messages queued behind it."""
+        the user messages queued behind it.
+
+        With `step` > 1 the window's oldest message moves `step` messages at a time: a
+        full window keeps between `limit - step + 1` and `limit` messages, and consecutive
+        runs see the same first messages (a model's prompt cache reuses an unchanged
+        start; a window sliding by one message would change it on every run)."""
         statement = self.messages(session_id)
         if before is not None:
             anchor = select(ChatMessage.created_at).where(
@@ -85,10 +90,18 @@ class ChatQueries(Scoped):
                 (ChatMessage.created_at <= anchor.scalar_subquery())
                 | (ChatMessage.role == "assistant"),
             )
-        rows = await self.session.scalars(
-            statement.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc()).limit(limit)
-        )
-        return list(reversed(rows.all()))
+        ordered = statement.order_by(ChatMessage.created_at.desc(), ChatMessage.id.desc())
+        if step <= 1:
+            rows = await self.session.scalars(ordered.limit(limit))
+            return list(reversed(rows.all()))
+        # The total beside each row (a window function over the whole filtered set).
+        counted = await self.session.execute(ordered.add_columns(func.count().over()).limit(limit))
+        found = counted.all()
+        if not found:
+            return []
+        total = found[0][1]
+        start = max(0, -(-(total - limit) // step) * step)  # rounded up to a whole step
+        return [row[0] for row in reversed(found[: total - start])]
 
     def tasks(self, session_id: UUID) -> Select[Task]:
         return self.select(Task).where(Task.session_id == session_id)

@@ -19,6 +19,9 @@ class EmbeddingProvider(Protocol):
     name: str
     model: str
     dimensions: int
+    # The cosine similarity under which a query and a passage are as good as unrelated for
+    # this model (measured), or None where not known; retrieval may leave such hits out.
+    relevance_floor: float | None
 
     def problems(self) -> list[str]:
         """Configuration problems found without calling anything (for `veche check`)."""

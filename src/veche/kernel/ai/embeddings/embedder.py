@@ -54,6 +54,10 @@ class Embedder:
     def dimensions(self) -> int:
         return self.provider.dimensions
 
+    @property
+    def relevance_floor(self) -> float | None:
+        return self.provider.relevance_floor
+
     async def embed_query(self, text: str) -> Vectors:
         """The vector, shape (dimensions,), of a search query."""
         vectors = await self.embed([text], "query")

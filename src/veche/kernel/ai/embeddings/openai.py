@@ -31,6 +31,8 @@ class OpenAIEmbeddingProvider(OpenAIEndpoint):
     """
 
     name = "openai"
+    # Scores differ by model (and by server behind the same protocol): not assumed.
+    relevance_floor: float | None = None
 
     def __init__(
         self,

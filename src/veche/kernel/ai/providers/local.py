@@ -183,6 +183,9 @@ class LocalChatProvider:
             model_path=str(self.model_path),
             n_threads=self.threads,
             n_ctx=self.context_tokens,
+            # Flash attention reads the prompt about a fifth faster on this CPU build (its
+            # arithmetic differs slightly: a long answer may end a little differently).
+            flash_attn=True,
             verbose=False,
         )
         eos_id, bos_id = llama.token_eos(), llama.token_bos()
