@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import openai
 import structlog
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from veche.kernel.ai.breaker import CircuitBreaker
 from veche.kernel.ai.errors import AIError, ProviderRejected, ProviderTimeout, ProviderUnavailable
@@ -243,10 +244,19 @@ class OpenAIChatProvider(OpenAIEndpoint):
             env_prefix="VECHE_LLM", base_url=self.base_url, has_api_key=self._has_key
         )
 
+    # The body goes through the client's `post` (its documented way to send a request
+    # as built): `chat.completions.create` first walks every message against its
+    # TypedDicts (about 0.2 ms per message here, 3 ms for a run with a full history),
+    # which changes nothing in a body made of plain JSON values like ours. Retries,
+    # authentication, errors and the reply's parsing are the client's as before.
+
     async def complete(self, request: ChatRequest) -> Completion:
         async def call() -> Completion:
-            reply = await self._client.chat.completions.create(
-                **_request_arguments(request), timeout=request.timeout_seconds
+            reply = await self._client.post(
+                "/chat/completions",
+                body=_request_arguments(request),
+                cast_to=ChatCompletion,
+                options={"timeout": request.timeout_seconds},
             )
             return _parse_completion(reply, request.model)
 
@@ -254,14 +264,17 @@ class OpenAIChatProvider(OpenAIEndpoint):
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[StreamEvent]:
         async def open_stream() -> openai.AsyncStream[Any]:
-            return cast(
-                "openai.AsyncStream[Any]",
-                await self._client.chat.completions.create(
+            return await self._client.post(
+                "/chat/completions",
+                body={
                     **_request_arguments(request),
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    timeout=request.timeout_seconds,
-                ),
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+                cast_to=ChatCompletion,
+                options={"timeout": request.timeout_seconds},
+                stream=True,
+                stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )
 
         # Until the first chunk a failure is like complete()'s; the breaker admitted this
