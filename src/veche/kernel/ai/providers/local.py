@@ -249,7 +249,9 @@ class LocalChatProvider:
 
             criteria = StoppingCriteriaList([stop_when_late, *(formatted.stopping_criteria or [])])
             grammar = (
-                LlamaGrammar.from_json_schema(json.dumps(plan.schema), verbose=False)
+                LlamaGrammar.from_json_schema(
+                    json.dumps(grammar_schema(plan.schema)), verbose=False
+                )
                 if plan.schema is not None
                 else None
             )
@@ -298,6 +300,30 @@ class LocalChatProvider:
 
 def _token_text(llama: Llama, token: int) -> str:
     return llama.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+
+# llama.cpp writes a bounded length or count as that many nested optional rules: the
+# plan schema's 4,000-character description exceeds its grammar parser's limits (it
+# refused the grammar, then the process crashed sampling with it). Bounds above this are
+# left to the validation that follows every structured reply; smaller ones (a list of at
+# most 20 tasks, an id pattern) stay in the grammar, which keeps a small model from
+# writing a list without end.
+GRAMMAR_MAX_BOUND = 64
+_BOUNDS = frozenset({"maxLength", "minLength", "maxItems", "minItems"})
+
+
+def grammar_schema(schema: Any) -> Any:
+    """`schema` without the length and count bounds above `GRAMMAR_MAX_BOUND` (see above)."""
+    if isinstance(schema, dict):
+        return {
+            key: grammar_schema(value)
+            for key, value in schema.items()
+            # A keyword's value is a number; a property of that name is a schema.
+            if not (key in _BOUNDS and isinstance(value, int) and value > GRAMMAR_MAX_BOUND)
+        }
+    if isinstance(schema, list):
+        return [grammar_schema(item) for item in schema]
+    return schema
 
 
 def _plan(request: ChatRequest) -> _Plan:
