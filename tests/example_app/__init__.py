@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import sqlalchemy.exc
 from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -57,6 +58,14 @@ async def whoami(user: CurrentUser) -> Who:
 @router.get("/boom", include_in_schema=False)
 async def boom() -> None:
     raise RuntimeError("database password is hunter2")  # must never reach a client
+
+
+@router.get("/busy", include_in_schema=False)
+async def busy() -> None:
+    # What SQLAlchemy's pool raises when no connection frees up within its timeout.
+    raise sqlalchemy.exc.TimeoutError(
+        "QueuePool limit of size 5 overflow 10 reached, connection timed out, timeout 30.00"
+    )
 
 
 async def _on_startup(_kernel: object) -> None:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy
+import sqlalchemy.exc
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from tests.conftest import PASSWORD, client_for
 from tests.helpers import assert_problem, bearer, register, signed_up
 from veche.kernel import AuditEvent, Kernel
+from veche.kernel.errors import overload
 from veche.kernel.identity.models import User
 from veche.settings import Settings
 
@@ -242,6 +246,40 @@ async def test_an_unhandled_exception_is_a_500_without_details(
         assert secret not in str(body)
     # The server keeps serving afterwards.
     assert (await client.get("/api/v1/example/ping")).status_code == 200
+
+
+async def test_an_overloaded_database_is_a_503_to_retry(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/example/busy")
+    body = assert_problem(response, 503, "server_busy")
+    assert response.headers["retry-after"] == "1"
+    assert body["retry_after"] == 1
+    for internal in ("QueuePool", "TimeoutError", "overflow"):
+        assert internal not in response.text
+    assert (await client.get("/api/v1/example/ping")).status_code == 200
+
+
+def test_overload_is_told_from_other_database_errors(tmp_path: Path) -> None:
+    """SQLite's single writer held by one connection: another one's write gives up after
+    its busy timeout with "database is locked", an overload; a missing table does not."""
+    engine = sqlalchemy.create_engine(
+        f"sqlite:///{tmp_path / 'locked.db'}", connect_args={"timeout": 0.05}
+    )
+    with engine.connect() as holder, engine.connect() as other:
+        holder.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+        holder.commit()
+        holder.exec_driver_sql("BEGIN IMMEDIATE")
+        holder.exec_driver_sql("INSERT INTO t VALUES (1)")
+        with pytest.raises(sqlalchemy.exc.OperationalError) as locked:
+            other.exec_driver_sql("INSERT INTO t VALUES (2)")
+        holder.rollback()
+        with pytest.raises(sqlalchemy.exc.OperationalError) as missing:
+            other.exec_driver_sql("SELECT * FROM nowhere")
+    engine.dispose()
+    busy = overload(locked.value)
+    assert busy is not None
+    assert (busy.status, busy.code, busy.headers) == (503, "server_busy", {"Retry-After": "1"})
+    assert overload(missing.value) is None
+    assert overload(RuntimeError("database is locked")) is None
 
 
 # -- request ids ------------------------------------------------------------------------

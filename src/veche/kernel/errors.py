@@ -13,6 +13,7 @@ from http import HTTPStatus
 from typing import Any, ClassVar
 
 import orjson
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -131,6 +132,43 @@ class ServiceUnavailable(ProblemError):
     status = 503
     code = "unavailable"
     title = "Service unavailable"
+
+
+class ServerBusy(ProblemError):
+    """The database could not take the work in time: retrying shortly is the answer. What
+    failed was rolled back; with an idempotency key (a messenger `client_id`, say) the
+    retry cannot make a duplicate."""
+
+    status = 503
+    code = "server_busy"
+    title = "The server is busy"
+    retry_after = 1
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is overloaded; retry the request in a moment.",
+            headers={"Retry-After": str(self.retry_after)},
+            extra={"retry_after": self.retry_after},
+        )
+
+
+# PostgreSQL's SQLSTATEs for a server out of connections or resources.
+_OVERLOAD_SQLSTATES = frozenset({"53000", "53100", "53200", "53300", "53400", "57P03"})
+
+
+def overload(exc: BaseException) -> ServerBusy | None:
+    """The `ServerBusy` a database error stands for, or None when it is not an overload: a
+    pool with no connection free in time, SQLite's single writer busy past its timeout, or
+    PostgreSQL out of connections or resources."""
+    if isinstance(exc, sqlalchemy.exc.TimeoutError):
+        return ServerBusy()
+    if isinstance(exc, sqlalchemy.exc.OperationalError) and "database is locked" in str(exc.orig):
+        return ServerBusy()
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if state in _OVERLOAD_SQLSTATES:
+            return ServerBusy()
+    return None
 
 
 _STATUS_CODES: dict[int, str] = {
@@ -260,6 +298,10 @@ async def _handle_validation(request: Request, exc: Exception) -> Response:
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> Response:
+    busy = overload(exc)
+    if busy is not None:
+        log.warning("server_busy", error=type(exc).__name__, path=request.url.path)
+        return await _handle_problem(request, busy)
     log.error("unhandled_exception", exc_info=exc, path=request.url.path)
     return problem_response(
         500,

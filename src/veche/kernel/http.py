@@ -32,6 +32,7 @@ from veche.kernel.errors import (
     ProblemError,
     UnprocessableContent,
     code_for_status,
+    overload,
     problem_document,
     problem_openapi,
 )
@@ -260,16 +261,33 @@ class RequestMiddleware:
         try:
             await self.app(scope, receive, send_with_context)
         except Exception as exc:
-            state["status"] = 500
-            error_log.error("unhandled_exception", exc_info=exc, path=scope.get("path"))
-            if state["started"] or scope["type"] != "http":
+            if not await self._answer_failure(exc, scope, send, state, request_id):
                 raise
-            await _send_internal_error(send, scope, request_id)
         finally:
             metrics.IN_FLIGHT.dec()
             self._record(scope, context, state["status"], time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
             unbind_request(token)
+
+    @staticmethod
+    async def _answer_failure(
+        exc: Exception, scope: Scope, send: Send, state: dict[str, Any], request_id: str
+    ) -> bool:
+        """Answer an exception nothing else handled; False when it must propagate (the
+        response had started, or a WebSocket). An overloaded database is a 503
+        `server_busy` to retry (logged as a warning); anything else a 500 without details."""
+        busy = overload(exc)
+        if busy is not None:
+            error_log.warning("server_busy", error=type(exc).__name__, path=scope.get("path"))
+        else:
+            error_log.error("unhandled_exception", exc_info=exc, path=scope.get("path"))
+        if state["started"] or scope["type"] != "http":
+            if not state["started"]:
+                state["status"] = 500
+            return False
+        state["status"] = 500 if busy is None else busy.status
+        await _send_problem(send, scope, request_id, busy)
+        return True
 
     def _record(self, scope: Scope, context: RequestContext, status: int, seconds: float) -> None:
         method = scope.get("method", "WS")
@@ -289,16 +307,35 @@ class RequestMiddleware:
             )
 
 
-async def _send_internal_error(send: Send, scope: Scope, request_id: str) -> None:
-    body = _problem_body(500, scope, INTERNAL_ERROR_DETAIL)
+async def _send_problem(
+    send: Send, scope: Scope, request_id: str, problem: ProblemError | None
+) -> None:
+    """`problem` (None: the 500 without details) as the whole response."""
+    if problem is None:
+        status = 500
+        body = _problem_body(500, scope, INTERNAL_ERROR_DETAIL)
+        extra_headers: dict[str, str] = {}
+    else:
+        status = problem.status
+        document = problem_document(
+            problem.status,
+            problem.code,
+            problem.title,
+            problem.detail,
+            instance=scope.get("path"),
+            extra=problem.extra,
+        )
+        body = orjson.dumps(document)
+        extra_headers = dict(problem.headers or {})
     await send(
         {
             "type": "http.response.start",
-            "status": 500,
+            "status": status,
             "headers": [
                 (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
                 (b"x-request-id", request_id.encode()),
+                *((name.lower().encode(), value.encode()) for name, value in extra_headers.items()),
             ],
         }
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy.exc
 
 from tests.example_app import module as example_module
 from tests.kernel.realtime.conftest import LiveFactory, rooms_module
@@ -40,6 +41,8 @@ async def _receive(
         raise Refused("not this one", extra={"retry_after": 3})
     if event == "crash":
         raise RuntimeError("a bug in the handler")
+    if event == "busy":  # what SQLAlchemy's pool raises when no connection frees up
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
     message = await kernel.realtime.publish(
         channel, {"from": str(user.id), "text": data}, event="relayed"
     )
@@ -109,6 +112,15 @@ async def test_handler_refusals_and_bugs_become_error_frames(live_factory: LiveF
         crashed = await client.receive_type("error", "reply")
         assert (crashed["code"], crashed["ref"]) == ("internal_error", 3)
         assert "bug" not in crashed["detail"]  # no internals to the client
+        await client.send({"type": "publish", "channel": "relay:1", "event": "busy", "ref": 5})
+        busy = await client.receive_type("error", "reply")
+        assert (busy["code"], busy["status"], busy["retry_after"], busy["ref"]) == (
+            "server_busy",
+            503,
+            1,
+            5,
+        )
+        assert "QueuePool" not in busy["detail"]
         await client.send({"type": "ping", "ref": 4})
         assert (await client.receive_type("pong"))["ref"] == 4  # the connection survived
 

@@ -19,7 +19,7 @@ import orjson
 import structlog
 from fastapi import WebSocket, WebSocketDisconnect
 
-from veche.kernel.errors import ProblemError
+from veche.kernel.errors import ProblemError, overload
 from veche.kernel.realtime.errors import UserMismatch
 from veche.kernel.realtime.hub import (
     AUTH_REASONS,
@@ -177,7 +177,21 @@ async def _receive_by_policy(
         extra.update(status=exc.status, channel=channel)
         connection.send(_error(exc.code, exc.detail or exc.title, ref, **extra))
         return
-    except Exception:
+    except Exception as exc:
+        busy = overload(exc)
+        if busy is not None:  # nothing was stored: the client may send the frame again
+            log.warning("realtime_receive_busy", channel=channel, event_name=event)
+            connection.send(
+                _error(
+                    busy.code,
+                    busy.detail or busy.title,
+                    ref,
+                    status=busy.status,
+                    retry_after=busy.retry_after,
+                    channel=channel,
+                )
+            )
+            return
         log.exception("realtime_receive_failed", channel=channel, event_name=event)
         connection.send(_error("internal_error", "The server failed", ref, channel=channel))
         return
