@@ -16,13 +16,13 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, bindparam, func, inspect, select, text
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from tests.conftest import make_settings
 from veche.kernel import Kernel
 from veche.kernel.audit import AuditEvent
 from veche.kernel.db import Base, Database, create_engine, new_id
-from veche.kernel.errors import Conflict, ProblemError
+from veche.kernel.errors import Conflict, ProblemError, overload
 from veche.kernel.identity.models import AuthSession
 from veche.kernel.jobs import STATISTICS_JOB, ScheduledJob, Scheduler, kernel_jobs
 from veche.migrate import current_revision, downgrade, head_revision, upgrade
@@ -201,6 +201,61 @@ async def test_refreshed_statistics_steer_a_users_id_lookup_to_the_primary_key(
     assert "ix_notes_user_id" in str(before)
     assert "ix_notes_user_id" not in str(after)
     assert "sqlite_autoindex_notes_1" in str(after)
+
+
+async def test_sqlite_writers_of_one_process_take_turns_in_order(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """While one unit of work holds the writer's turn, the others' writes queue in the
+    order they came (SQLite's busy handler would let them race on its sleep schedule),
+    reads go on, and a write that waits past the busy timeout is an overload."""
+    quick = settings.model_copy(update={"sqlite_busy_timeout_ms": 400})
+    db = Database(quick, f"sqlite+aiosqlite:///{tmp_path / 'writers.db'}")
+    wrote: list[str] = []
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with db.unit_of_work() as session:
+            await session.execute(text("INSERT INTO t (name) VALUES ('first')"))
+            wrote.append("first")
+            holding.set()
+            await release.wait()
+
+    async def then(name: str) -> None:
+        async with db.unit_of_work() as session:
+            await session.execute(text("INSERT INTO t (name) VALUES (:name)"), {"name": name})
+            wrote.append(name)
+
+    try:
+        async with db.engine.begin() as connection:
+            await connection.exec_driver_sql("CREATE TABLE t (name TEXT)")
+        holder = asyncio.create_task(first())
+        await holding.wait()
+        waiting = []
+        for n in range(5):
+            waiting.append(asyncio.create_task(then(f"w{n}")))
+            await asyncio.sleep(0.01)  # each reaches its first write before the next starts
+        async with db.unit_of_work() as session:  # a read does not wait for the writer
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+        release.set()
+        await asyncio.gather(holder, *waiting)
+        assert wrote == ["first", "w0", "w1", "w2", "w3", "w4"]
+
+        release.clear()
+        holding.clear()
+        holder = asyncio.create_task(first())
+        await holding.wait()
+        with pytest.raises(OperationalError) as waited:
+            await then("too late")
+        assert overload(waited.value) is not None
+        release.set()
+        await holder
+        async with db.unit_of_work() as session:
+            assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 7
+    finally:
+        release.set()
+        await db.dispose()
 
 
 async def test_statistics_refresh_is_left_to_postgresql(kernel: Kernel) -> None:
