@@ -26,7 +26,10 @@ async function call(method, path, body) {
   if (!response.ok) {
     // Problem details (RFC 9457): show the human part, keep the code for the log.
     const problem = data || {};
-    throw new Error(problem.detail || problem.title || `HTTP ${response.status}`);
+    const error = new Error(problem.detail || problem.title || `HTTP ${response.status}`);
+    error.code = problem.code;
+    error.retryAfter = Number(response.headers.get("Retry-After")) || 1;
+    throw error;
   }
   return data;
 }
@@ -176,12 +179,24 @@ handle("#conversation-form", async (form) => {
   openSocket(conversation.id);
 });
 
+const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+
 handle("#message-form", async (form) => {
   const input = form.querySelector("[name=body]");
-  const message = await call("POST", `/blog/conversations/${state.conversation.id}/messages`, {
-    body: input.value,
-    client_id: crypto.randomUUID(),
-  });
+  // One id for every attempt: a retry of a message the server did store returns it again.
+  const sent = { body: input.value, client_id: crypto.randomUUID() };
+  const path = `/blog/conversations/${state.conversation.id}/messages`;
+  let message;
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      message = await call("POST", path, sent);
+      break;
+    } catch (error) {
+      if (error.code !== "server_busy" || attempt === 3) throw error;
+      say("The server is busy, sending again…");
+      await sleep(error.retryAfter);
+    }
+  }
   input.value = "";
   showMessage(message);
 });
