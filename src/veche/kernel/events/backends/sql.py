@@ -72,11 +72,14 @@ class SqlBackend:
                     await asyncio.sleep(settings.poll_interval_seconds)
                     continue
             try:
-                handled = await self._next_batch(kernel, consumer)
+                handled, caught_up = await self._next_batch(kernel, consumer)
             except Exception:
                 log.exception("event_consumer_batch_failed", consumer=consumer.name)
-                handled = 0
-            metrics.LAG.labels(consumer.name).set(await self.lag(kernel, consumer))
+                handled, caught_up = 0, False
+            # A batch that read through to the newest event leaves nothing behind it: no
+            # need to count (two statements on every wake-up of every consumer).
+            lag = 0 if caught_up else await self.lag(kernel, consumer)
+            metrics.LAG.labels(consumer.name).set(lag)
             if handled < settings.batch_size:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), timeout=settings.poll_interval_seconds)
@@ -87,7 +90,9 @@ class SqlBackend:
         seen_offset, horizon = self._scanned.get(consumer.name, (-1, 0))
         return max(offset, horizon) if seen_offset == offset else offset
 
-    async def _next_batch(self, kernel: Kernel, consumer: Consumer) -> int:
+    async def _next_batch(self, kernel: Kernel, consumer: Consumer) -> tuple[int, bool]:
+        """Handle the next batch of the consumer's events: (how many, whether it read
+        through to the newest event of the log)."""
         batch_size = kernel.settings.events.batch_size
         async with kernel.db.unit_of_work() as session:
             offset = await _offset(session, consumer.name)
@@ -110,7 +115,7 @@ class SqlBackend:
         if not rows:
             # Nothing of its types: the offset stays (no write), the scan moves on.
             self._scanned[consumer.name] = (offset, max(start, newest))
-            return 0
+            return 0, True
         events = [envelope_of(row) for row in rows]
         positions = [int(row.log_position or 0) for row in rows]
         try:
@@ -125,10 +130,11 @@ class SqlBackend:
             # Rewound meanwhile: what this batch did is rolled back; read from the new offset.
             log.info("event_batch_stale", consumer=consumer.name)
             self._scanned.pop(consumer.name, None)
-            return 0
-        if len(rows) < batch_size:
+            return 0, False
+        caught_up = len(rows) < batch_size
+        if caught_up:
             self._scanned[consumer.name] = (positions[-1], newest)
-        return len(rows)
+        return len(rows), caught_up
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
         async with kernel.db.sessions() as session:
