@@ -112,7 +112,10 @@ async def test_a_busy_connection_keeps_its_presence_past_the_ttl(
     live = live_factory(heartbeat_seconds=0.2, presence_ttl_seconds=0.6)
     ann = await live.account("ann@example.com")
     bob = await live.account("bob@example.com")
-    async with live.ws(ann) as watcher, live.ws(bob) as visitor:
+    # The visitor never reads its frames: without an unbounded queue the client stops
+    # reading the socket once 16 wait, and its close would wait 10 s for a reply it cannot
+    # see.
+    async with live.ws(ann) as watcher, live.ws(bob, max_queue=None) as visitor:
         await watcher.subscribe("room:lobby")
         await visitor.subscribe("room:lobby")
         for n in range(30):  # 1.5 s: two and a half presence TTLs
