@@ -172,10 +172,22 @@ PLANNER_HEAD = planner_messages("", [])[0][1][:60]
 
 @dataclass
 class Counters:
-    """The fake's call counts, shared with the benchmark's process."""
+    """The fake's call counts, in shared memory so a child process can serve the fake."""
 
     planning: Any  # multiprocessing.Value("q")
     chat: Any
+
+    @classmethod
+    def new(cls) -> Counters:
+        return cls(multiprocessing.Value("q", 0), multiprocessing.Value("q", 0))
+
+    @property
+    def planning_calls(self) -> int:
+        return int(self.planning.value)
+
+    @property
+    def chat_calls(self) -> int:
+        return int(self.chat.value)
 
 
 class BenchFake(FakeOpenAI):
@@ -188,17 +200,7 @@ class BenchFake(FakeOpenAI):
         super().__init__(embedding_dimensions=16)
         self.plan_reply = ChatReply(content=json.dumps(PLAN), delay=delay)
         self.text_reply = ChatReply(content=STEP_ANSWER, delay=delay)
-        self.counters = counters or Counters(
-            multiprocessing.Value("q", 0), multiprocessing.Value("q", 0)
-        )
-
-    @property
-    def planning_calls(self) -> int:
-        return int(self.counters.planning.value)
-
-    @property
-    def chat_calls(self) -> int:
-        return int(self.counters.chat.value)
+        self.counters = counters or Counters.new()
 
     async def _record(
         self, request: Request, endpoint: Endpoint | None
@@ -224,15 +226,7 @@ class OutOfProcessFake:
     def __init__(self, delay: float) -> None:
         self.delay = delay
         self.base_url = ""
-        self.counters = Counters(multiprocessing.Value("q", 0), multiprocessing.Value("q", 0))
-
-    @property
-    def planning_calls(self) -> int:
-        return int(self.counters.planning.value)
-
-    @property
-    def chat_calls(self) -> int:
-        return int(self.counters.chat.value)
+        self.counters = Counters.new()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[OutOfProcessFake]:
@@ -273,9 +267,10 @@ def _is_planning(body: Any) -> bool:
 # -- settings, database and app --------------------------------------------------------------
 
 
-def settings_for(data_dir: str, fake: Fake, args: argparse.Namespace, prefix: str) -> Settings:
-    load = max(1000, 2 * args.tasks + 100)
-    values: dict[str, Any] = {
+def base_values(data_dir: str) -> dict[str, Any]:
+    """The settings every agents benchmark process shares: role `all` on a SQLite file in
+    `data_dir`, quiet logs, rate limits out of the way."""
+    return {
         "_env_file": None,
         "env": "test",
         "role": "all",
@@ -289,6 +284,12 @@ def settings_for(data_dir: str, fake: Fake, args: argparse.Namespace, prefix: st
             "auth": "1000/minute",
             "agents_messages": "1000000/minute",
         },
+    }
+
+
+def settings_for(data_dir: str, fake: Fake, args: argparse.Namespace, prefix: str) -> Settings:
+    load = max(1000, 2 * args.tasks + 100)
+    values: dict[str, Any] = base_values(data_dir) | {
         "llm_provider": "openai",
         "llm_base_url": fake.base_url,
         "llm_model": "fake-model",
@@ -521,14 +522,14 @@ async def plan_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any
         connection = await api.listening([session_id])
         for _ in range(WARM_UPS):  # first plans load code paths and fill caches
             await one_plan(api, url, connection)
-        planning_calls = fake.planning_calls
+        planning_calls = fake.counters.planning_calls
         created: list[float] = []
         completed: list[float] = []
         for _ in range(args.iterations):
             to_created, to_completed = await one_plan(api, url, connection)
             created.append(to_created)
             completed.append(to_completed)
-        assert fake.planning_calls - planning_calls == args.iterations, "a plan was cached"
+        assert fake.counters.planning_calls - planning_calls == args.iterations, "a plan was cached"
         api.kernel.realtime.disconnect(connection)
         planned: list[float] = []
         direct: list[float] = []

@@ -32,7 +32,6 @@ import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,6 +41,7 @@ from agents_orchestration import (
     PREFIX,
     REQUEST,
     Api,
+    base_values,
     client,
     next_event,
     percentiles,
@@ -61,20 +61,7 @@ TARGET_P95_S = 5.0
 
 
 def settings_for(data_dir: str, args: argparse.Namespace) -> Settings:
-    values: dict[str, Any] = {
-        "_env_file": None,
-        "env": "test",
-        "role": "all",
-        "data_dir": Path(data_dir),
-        "database_url": f"sqlite+aiosqlite:///{data_dir}/bench.db",
-        "secret_key": "bench-secret-key-that-is-long-enough-0123456789",
-        "log_level": "warning",
-        "access_log": False,
-        "rate_limits": {
-            "default": "1000000/minute",
-            "auth": "1000/minute",
-            "agents_messages": "1000000/minute",
-        },
+    values: dict[str, Any] = base_values(data_dir) | {
         "llm_provider": "local",
         "ai": AISettings(
             max_tokens=args.max_tokens,

@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, HOST, PASSWORD, PG_ADMIN, RESULTS, VENV_BIN, free_port, log
+from common import BENCH, HOST, PASSWORD, PG_ADMIN, VENV_BIN, free_port, log, write_results
 from me_vs_bare import (
     SERVER_ENV,
     Pinning,
@@ -681,23 +681,15 @@ def feed_main(
     results = [bench_feed(database, args, pinning) for database in databases]
     table = feed_markdown(results, args)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"blog_feed-{started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                "pinning": asdict(pinning),
-                "machine": {**host, "load_average_at_end": os.getloadavg()},
-                "results": results,
-                "table": table,
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    write_results(
+        "blog_feed",
+        started,
+        vars(args),
+        pinning=asdict(pinning),
+        machine={**host, "load_average_at_end": os.getloadavg()},
+        results=results,
+        table=table,
     )
-    log(f"results written to {path.relative_to(BENCH.parent)}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -755,24 +747,16 @@ def main(argv: list[str] | None = None) -> None:
     images = bench_images(args.image_repetitions)
     table = markdown(results, images, args)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"blog_http-{started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                "pinning": asdict(pinning),
-                "machine": machine(),
-                "results": results,
-                "images": images,
-                "table": table,
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    write_results(
+        "blog_http",
+        started,
+        vars(args),
+        pinning=asdict(pinning),
+        machine=machine(),
+        results=results,
+        images=images,
+        table=table,
     )
-    log(f"results written to {path.relative_to(BENCH.parent)}")
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from common import BENCH, HOST, PASSWORD, PG_ADMIN, RESULTS, free_port, log
+from common import BENCH, HOST, PASSWORD, PG_ADMIN, free_port, log, write_results
 from me_vs_bare import SERVER_ENV, Pinning, Server, choose_pinning, migrate, wait_ready
 
 PG_MESSENGER_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_messenger"
@@ -733,23 +733,15 @@ def main(argv: list[str] | None = None) -> None:
     results = [bench_database(database, args, pinning) for database in databases]
     table = markdown(results, args)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"blog_messenger-{started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "started": started.isoformat(),
-                "arguments": {k: v for k, v in vars(args).items() if k != "command"},
-                "pinning": asdict(pinning),
-                "machine": {**host, "load_average_at_end": os.getloadavg()},
-                "results": results,
-                "table": table,
-            },
-            indent=2,
-        ),
-        encoding="utf-8",
+    write_results(
+        "blog_messenger",
+        started,
+        vars(args),
+        pinning=asdict(pinning),
+        machine={**host, "load_average_at_end": os.getloadavg()},
+        results=results,
+        table=table,
     )
-    log(f"results written to {path.relative_to(BENCH.parent)}")
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -47,3 +50,20 @@ def reset_postgresql() -> str:
         psql("-c", "CREATE DATABASE bench")
     psql("-c", "DROP SCHEMA IF EXISTS public CASCADE; CREATE SCHEMA public;", database="bench")
     return psql("-c", "SHOW server_version")
+
+
+def write_results(
+    name: str, started: dt.datetime, arguments: dict[str, Any], **record: Any
+) -> Path:
+    """`bench/results/<name>-<stamp>.json`: when the run started, its arguments (without
+    the subcommand) and `record`; returns the path."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}-{started:%Y%m%dT%H%M%SZ}.json"
+    document = {
+        "started": started.isoformat(),
+        "arguments": {k: v for k, v in arguments.items() if k != "command"},
+        **record,
+    }
+    path.write_text(json.dumps(document, indent=2), encoding="utf-8")
+    log(f"results written to {path.relative_to(ROOT)}")
+    return path
