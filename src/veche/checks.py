@@ -24,7 +24,8 @@ async def _database(settings: Settings) -> list[str]:
         # The type only: a URL parse error may quote the URL, password included.
         return [f"database: VECHE_DATABASE_URL cannot be used ({type(exc).__name__})"]
     try:
-        await asyncio.wait_for(database.ping(), TIMEOUT_SECONDS)
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await database.ping()
     except Exception as exc:
         return [f"database: not reachable ({type(exc).__name__})"]
     finally:
@@ -41,7 +42,8 @@ async def _redis(settings: Settings) -> list[str]:
     if not settings.redis_url:
         return []
     try:
-        await asyncio.wait_for(RateLimiter(settings).check_storage(), TIMEOUT_SECONDS)
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await RateLimiter(settings).check_storage()
     except Exception as exc:
         return [f"redis: not reachable ({type(exc).__name__})"]
     return []
@@ -57,7 +59,8 @@ async def _events(settings: Settings) -> list[str]:
     except ValueError:  # the message quotes the URL, which may hold credentials
         return ["events: VECHE_EVENTS_URL names no events backend (use nats://...)"]
     try:
-        await asyncio.wait_for(backend.ping(), TIMEOUT_SECONDS)
+        async with asyncio.timeout(TIMEOUT_SECONDS):
+            await backend.ping()
     except Exception as exc:
         return [f"events: not reachable ({type(exc).__name__})"]
     finally:
@@ -78,8 +81,10 @@ async def _ai(settings: Settings) -> list[str]:
         problems = [f"ai: {problem}" for problem in ai.problems()]
         if settings.qdrant_url and not problems:
             try:
-                store = await asyncio.wait_for(ai.vectors(), TIMEOUT_SECONDS)
-                await asyncio.wait_for(store.health(), TIMEOUT_SECONDS)
+                async with asyncio.timeout(TIMEOUT_SECONDS):
+                    store = await ai.vectors()
+                async with asyncio.timeout(TIMEOUT_SECONDS):
+                    await store.health()
             except Exception as exc:
                 problems.append(f"ai: Qdrant not reachable ({type(exc).__name__})")
     finally:

@@ -42,7 +42,8 @@ SHUTDOWN_STEP_SLACK = 10.0
 async def _bounded(step: str, work: Awaitable[None], seconds: float) -> None:
     """Await one shutdown step for at most `seconds`; past that it is cancelled and logged."""
     try:
-        await asyncio.wait_for(work, seconds)
+        async with asyncio.timeout(seconds):
+            await work
     except TimeoutError:
         log.error("shutdown_step_timed_out", step=step, seconds=seconds)
 

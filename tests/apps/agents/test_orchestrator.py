@@ -30,6 +30,7 @@ from tests.conftest import client_for
 from tests.fakes.openai_server import ChatReply, ErrorReply, FakeOpenAI
 from tests.helpers import assert_problem, signed_up
 from veche.apps.agents import module as agents_module
+from veche.apps.agents.runtime import runtime_of
 from veche.kernel import build_app
 from veche.settings import ModelPrice, Settings
 
@@ -509,6 +510,42 @@ async def test_a_restart_in_the_middle_of_a_plan_loses_no_task(
     assert steps["a"]["result"] == "facts, again"
     assert steps["a"]["task"]["attempts"] == 1  # the interrupted claim was given back
     assert steps["b"]["result"] == "the article"
+
+
+async def test_a_stopped_server_leaves_no_runner_behind(
+    settings_factory: Callable[..., Settings], fake_openai: FakeOpenAI
+) -> None:
+    """The runner's loop ends when it is stopped even if it is woken at that moment (a
+    run's end or another server's queued task does that). On Python 3.11 a loop waiting
+    through `asyncio.wait_for` returned instead of ending, and went on claiming other
+    servers' tasks from the shared database and failing them (seen in a full run)."""
+    settings = chat_settings(settings_factory, fake_openai)
+    first = build_app(settings, [agents_module])
+    lifespan = first.router.lifespan_context(first)
+    await lifespan.__aenter__()
+    try:
+        loops = [task for task in asyncio.all_tasks() if task.get_name() == "agents-runner"]
+        assert len(loops) == 1
+        async with client_for(first) as http:
+            ann = await _user(http, "ann@example.com")
+            setup = await _setup(http, ann)
+            fake_openai.reply_json(plan(("a", "researcher", []), ("b", "writer", ["a"])))
+            fake_openai.script("chat", ChatReply(content="cut short", delay=3.0))
+            await _send(http, ann, setup)
+
+            async def a_running() -> None:
+                while len(fake_openai.requests_to("/chat/completions")) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(a_running(), WAIT)
+        runner = runtime_of(first.state.kernel).runner
+        assert runner is not None
+        runner.wake()
+        await runner.stop()
+        await asyncio.sleep(0.2)  # a loop that kept going would have looped by now
+        assert loops[0].done()
+    finally:
+        await lifespan.__aexit__(None, None, None)
 
 
 async def test_plans_are_reused_for_the_same_request_and_agents(

@@ -109,7 +109,9 @@ class Runner:
             task.cancel()
         # A run cut short ends at its next await; none may hold the shutdown for long.
         if tasks:
-            await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+            _, left = await asyncio.wait(tasks, timeout=STOP_TIMEOUT_SECONDS)
+            if left:  # they may still write; say so rather than stop silently
+                log.error("agents_runner_stop_timed_out", still_running=len(left))
         self._main = None
         self._running.clear()
         bus.IN_FLIGHT.set(0)
@@ -150,8 +152,12 @@ class Runner:
                 await self.tick()
             except Exception:  # a database hiccup must not end the runner
                 log.exception("agents_runner_tick_failed")
+            # `asyncio.timeout`, not `wait_for`: on Python 3.11 `wait_for` returns instead
+            # of raising when the event is set as the loop is cancelled (a run's end does
+            # that at shutdown), and the loop went on after its server had stopped.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.settings.runner_poll_seconds)
+                async with asyncio.timeout(self.settings.runner_poll_seconds):
+                    await self._wakeup.wait()
 
     # -- one pass ----------------------------------------------------------------------------
 

@@ -160,7 +160,8 @@ class SessionEvents:
         """Publish what is queued, for at most `CLOSE_TIMEOUT_SECONDS` (a hub whose
         backend has already gone may never take it), then stop."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.flush(), CLOSE_TIMEOUT_SECONDS)
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await self.flush()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -55,7 +55,8 @@ class MessengerRuntime:
             return
         self._queue.put_nowait(None)
         try:
-            await asyncio.wait_for(asyncio.shield(task), DRAIN_TIMEOUT_SECONDS)
+            async with asyncio.timeout(DRAIN_TIMEOUT_SECONDS):
+                await asyncio.shield(task)
         except TimeoutError:
             log.warning("messenger_publisher_drain_timeout", pending=self._queue.qsize())
             task.cancel()

@@ -129,7 +129,8 @@ class EventBus:
             if published >= self.settings.events.batch_size:
                 continue
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=interval)
+                async with asyncio.timeout(interval):
+                    await self._wakeup.wait()
 
     async def relay_once(self) -> int:
         """Publish one batch of committed, unsent outbox rows; how many were sent.

@@ -36,7 +36,8 @@ class Readiness(BaseModel):
 
 async def run_check(name: str, check: ReadinessCheck) -> CheckResult:
     try:
-        await asyncio.wait_for(check(), CHECK_TIMEOUT_SECONDS)
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await check()
     except TimeoutError:
         return CheckResult(name=name, ok=False, error=f"no answer in {CHECK_TIMEOUT_SECONDS} s")
     except Exception as exc:

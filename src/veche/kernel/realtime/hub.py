@@ -315,7 +315,8 @@ class Hub:
         shutdown timeout, then release the backend."""
         self._begin_shutdown()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._drained.wait(), self.settings.shutdown_timeout_seconds)
+            async with asyncio.timeout(self.settings.shutdown_timeout_seconds):
+                await self._drained.wait()
         self._unhook_signals()
         for task in self._background:
             task.cancel()

@@ -82,7 +82,8 @@ class SqlBackend:
             metrics.LAG.labels(consumer.name).set(lag)
             if handled < settings.batch_size:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), timeout=settings.poll_interval_seconds)
+                    async with asyncio.timeout(settings.poll_interval_seconds):
+                        await wakeup.wait()
 
     def _scan_from(self, consumer: Consumer, offset: int) -> int:
         """Where to look from: past what this process already looked through, unless the

@@ -96,10 +96,8 @@ def _token(frame: dict[str, Any]) -> str | None:
 async def _authenticate(websocket: WebSocket, kernel: Kernel) -> tuple[Credential, str] | None:
     hub = kernel.realtime
     try:
-        frame = await asyncio.wait_for(
-            _receive(websocket, hub.settings.max_frame_bytes),
-            hub.settings.auth_timeout_seconds,
-        )
+        async with asyncio.timeout(hub.settings.auth_timeout_seconds):
+            frame = await _receive(websocket, hub.settings.max_frame_bytes)
     except TimeoutError:
         await _send(websocket, _error("unauthorized", "Send an auth frame first"))
         await websocket.close(POLICY_VIOLATION, "unauthorized")
