@@ -19,7 +19,7 @@ from tests.helpers import bearer, signed_up
 from tests.live import serve
 from veche.apps.agents import module as agents_module
 from veche.kernel import build_app
-from veche.settings import AgentsSettings, RealtimeSettings, Settings
+from veche.settings import AgentsSettings, AISettings, RealtimeSettings, Settings
 
 PREFIX = "/api/v1/agents"
 WAIT = 20.0
@@ -43,6 +43,9 @@ def chat_settings(
             }
         ),
         realtime=RealtimeSettings(heartbeat_seconds=0.5, shutdown_timeout_seconds=3.0),
+        # The bus's retries are what these tests exercise; the OpenAI client's own (with
+        # its backoff of seconds) are the gateway's, tested there.
+        ai=AISettings(max_retries=0),
     )
 
 
