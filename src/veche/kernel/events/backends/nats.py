@@ -216,6 +216,8 @@ class NatsBackend:
                         except TimeoutError:
                             metrics.LAG.labels(consumer.name).set(0)  # nothing pending
                             continue
+                        if not messages:  # the pull ended with a status, no message (seen
+                            continue  # under load): ask again at once
                         await self._handle_batch(kernel, consumer, messages)
                         # What the stream still holds for it (of this stream, when it
                         # reads several; the admin API sums them exactly).
