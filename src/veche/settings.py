@@ -252,6 +252,9 @@ class AISettings(BaseModel):
     # run several times slower), one call at a time.
     local_threads: Annotated[int, Field(ge=1, le=64)] = 1
     local_context_tokens: Annotated[int, Field(ge=256, le=32_768)] = 2048
+    # Keep what the model read of the previous prompt when messages leave the middle of
+    # the conversation (its cache's entries are moved, not read again; docs/ai.md).
+    local_reuse_cache: bool = True
     embedding_batch_size: Annotated[int, Field(ge=1, le=2048)] = 32
     embedding_cache_size: NonNegativeInt = 10_000
     # Needed with an OpenAI-compatible embeddings provider: vector memory is created with a

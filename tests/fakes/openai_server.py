@@ -47,6 +47,9 @@ class ChatReply:
     tool_calls: tuple[ScriptedToolCall, ...] = ()
     finish_reason: str = "stop"
     usage: tuple[int, int] | None = (11, 7)
+    # Of the prompt tokens, how many the server says it had cached (OpenAI's
+    # `usage.prompt_tokens_details.cached_tokens`).
+    cached_tokens: int = 0
     delay: float = 0.0
     drop_after: int | None = None
 
@@ -228,7 +231,7 @@ class FakeOpenAI:
             "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
         }
         if reply.usage is not None:
-            payload["usage"] = _usage(reply.usage)
+            payload["usage"] = _usage(reply.usage, reply.cached_tokens)
         return JSONResponse(payload)
 
     async def _embeddings(self, request: Request) -> Response:
@@ -294,12 +297,13 @@ async def _common_reply(reply: Reply) -> Response | None:
     return None
 
 
-def _usage(usage: tuple[int, int]) -> dict[str, int]:
+def _usage(usage: tuple[int, int], cached_tokens: int) -> dict[str, Any]:
     prompt, completion = usage
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -334,7 +338,7 @@ def _chunks(
     if include_usage and reply.usage is not None:
         final = chunk({})
         final["choices"] = []
-        final["usage"] = _usage(reply.usage)
+        final["usage"] = _usage(reply.usage, reply.cached_tokens)
         yield final
 
 

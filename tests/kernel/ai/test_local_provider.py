@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import pytest
 from pydantic import BaseModel, Field
 
@@ -15,6 +16,7 @@ from veche.kernel.ai.providers.local import (
     LocalChatProvider,
     find_packaged_model,
     grammar_schema,
+    reusable_runs,
 )
 from veche.kernel.ai.types import ChatRequest, Completion, Message, StreamEvent, TextDelta, Tool
 
@@ -172,3 +174,76 @@ async def test_a_plan_sized_schema_gets_a_valid_reply(local: LocalChatProvider) 
     assert (completion.content or "").lstrip().startswith('{ "tasks": [')
     if completion.finish_reason == "stop":
         assert Plan.model_validate_json(completion.content or "").tasks
+
+
+def _tokens(*parts: range) -> np.ndarray:
+    return np.concatenate([np.arange(part.start, part.stop, dtype=np.intc) for part in parts])
+
+
+def test_the_cache_is_reused_past_messages_dropped_from_the_middle() -> None:
+    # system 0-19, history 100-159 then 200-259, memory 300-339, question 400-419, answer
+    # 500-539; the next prompt drops the oldest history and the memory.
+    cached = _tokens(
+        range(0, 20),
+        range(100, 160),
+        range(200, 260),
+        range(300, 340),
+        range(400, 420),
+        range(500, 540),
+    )
+    prompt = _tokens(
+        range(0, 20), range(200, 260), range(400, 420), range(500, 540), range(600, 630)
+    )
+    prefix, runs = reusable_runs(cached, prompt)
+    assert prefix == 20
+    # History kept, then the question and the answer (one run each: they were apart).
+    assert runs == [(80, 60), (180, 60)]
+
+
+def test_short_runs_and_nothing_in_common_reuse_nothing_past_the_prefix() -> None:
+    cached = _tokens(range(0, 20), range(100, 110), range(150, 160), range(200, 260))
+    # New tokens right after the prefix: nothing later can be used.
+    assert reusable_runs(
+        cached, _tokens(range(0, 20), range(100, 110), range(700, 720), range(200, 260))
+    ) == (
+        30,
+        [],
+    )
+    # A run of 10 cached tokens is below the minimum: it is read again, and so is all after.
+    assert reusable_runs(cached, _tokens(range(0, 20), range(150, 160), range(800, 810))) == (
+        20,
+        [],
+    )
+    assert reusable_runs(cached, _tokens(range(900, 950))) == (0, [])
+    assert reusable_runs(cached[:0], _tokens(range(0, 5))) == (0, [])
+
+
+async def test_a_moved_history_window_is_answered_from_the_cache(
+    local: LocalChatProvider,
+) -> None:
+    system = Message.system("You are a helpful assistant. Answer in one short sentence.")
+    history = [
+        Message.user("What is the capital of France?"),
+        Message.assistant("The capital of France is Paris."),
+        Message.user("Which river runs through it?"),
+        Message.assistant("The Seine runs through Paris."),
+        Message.user("Name a famous museum there."),
+        Message.assistant("The Louvre is a famous museum in Paris."),
+    ]
+    first = await local.complete(
+        chat_request("", messages=(system, *history, Message.user("Is it big?")))
+    )
+    assert first.content
+    # The window moves: the first question and answer leave the conversation.
+    moved = (
+        system,
+        *history[2:],
+        Message.user("Is it big?"),
+        Message.assistant(first.content),
+        Message.user("What is its most famous painting?"),
+    )
+    second = await local.complete(chat_request("", messages=moved))
+    assert second.content
+    assert second.content.strip()
+    # Everything but the new question was already in the cache, only at later positions.
+    assert second.usage.prompt_tokens - second.usage.cached_tokens < 24

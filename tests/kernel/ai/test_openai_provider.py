@@ -121,6 +121,17 @@ async def test_missing_usage_counts_zero(
     assert completion.usage.total_tokens == 0
 
 
+async def test_cached_prompt_tokens_are_read_from_the_usage(
+    make_provider: Callable[..., OpenAIChatProvider], fake_openai: FakeOpenAI
+) -> None:
+    fake_openai.reply_text("fine", usage=(40, 2), cached_tokens=32)
+    fake_openai.reply_text("fine", usage=(40, 2))
+    provider = make_provider()
+    cached = await provider.complete(chat_request())
+    assert (cached.usage.prompt_tokens, cached.usage.cached_tokens) == (40, 32)
+    assert (await provider.complete(chat_request())).usage.cached_tokens == 0
+
+
 async def test_streaming_text_ends_with_a_completion(
     make_provider: Callable[..., OpenAIChatProvider], fake_openai: FakeOpenAI
 ) -> None:

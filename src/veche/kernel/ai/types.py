@@ -97,6 +97,8 @@ class ChatRequest:
 class TokenUsage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # Of the prompt tokens, those the model did not read again (its cache held them).
+    cached_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

@@ -97,6 +97,7 @@ class LocalChatProvider:
         settings = settings or AISettings()
         self.threads = settings.local_threads
         self.context_tokens = settings.local_context_tokens
+        self.reuse_cache = settings.local_reuse_cache
         self.model_path = model_path or find_packaged_model()
         self._llama: Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
@@ -236,6 +237,14 @@ class LocalChatProvider:
                     f"The conversation ({len(prompt)} tokens) does not fit the local model's "
                     f"context of {self.context_tokens} tokens"
                 )
+            # llama.cpp reuses the common prefix by itself, and reads at least the prompt's
+            # last token again, for its logits.
+            held = (
+                reuse_cache(llama, prompt)
+                if self.reuse_cache
+                else _matching(llama.input_ids[: llama.n_tokens], np.asarray(prompt, np.intc))
+            )
+            cached = min(held, len(prompt) - 1)
             timed_out = False
 
             def stop_when_late(
@@ -286,7 +295,9 @@ class LocalChatProvider:
             completion_tokens = (
                 len(llama.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
             )
-        usage = TokenUsage(prompt_tokens=len(prompt), completion_tokens=completion_tokens)
+        usage = TokenUsage(
+            prompt_tokens=len(prompt), completion_tokens=completion_tokens, cached_tokens=cached
+        )
         finish_reason: FinishReason = "length" if finish == "length" else "stop"
         if plan.tool_mode:
             completion = _read_tool_reply(text, request, finish_reason, usage)
@@ -296,6 +307,74 @@ class LocalChatProvider:
         return Completion(
             content=text, model=request.model, finish_reason=finish_reason, usage=usage
         )
+
+
+# A run of cached tokens shorter than this is read again rather than moved.
+MIN_REUSED_RUN = 16
+
+
+def _matching(cached: npt.NDArray[np.intc], prompt: npt.NDArray[np.intc]) -> int:
+    """How many tokens the two arrays share from their starts."""
+    length = min(len(cached), len(prompt))
+    differs = np.flatnonzero(cached[:length] != prompt[:length])
+    return int(differs[0]) if len(differs) else length
+
+
+def reusable_runs(
+    cached: npt.NDArray[np.intc], prompt: npt.NDArray[np.intc], min_run: int = MIN_REUSED_RUN
+) -> tuple[int, list[tuple[int, int]]]:
+    """How much of `prompt` the model's cache already holds: the common prefix, then runs
+    `(start in the cache, length)` that continue the prompt in order, each at least
+    `min_run` tokens, found greedily (the longest run first at each point).
+
+    A conversation changes from one call to the next by losing messages in its middle: the
+    oldest of the history window when it moves, and the previous call's memory context.
+    What stays is still in the cache, only at later positions."""
+    prefix = _matching(cached, prompt)
+    runs: list[tuple[int, int]] = []
+    at_cache, at_prompt = prefix, prefix
+    while at_prompt < len(prompt) and at_cache < len(cached):
+        starts = np.flatnonzero(cached[at_cache:] == prompt[at_prompt]) + at_cache
+        best_start, best_length = 0, 0
+        for start in starts.tolist():
+            length = _matching(cached[start:], prompt[at_prompt:])
+            if length > best_length:
+                best_start, best_length = start, length
+        if best_length < min_run:
+            break
+        runs.append((best_start, best_length))
+        at_cache, at_prompt = best_start + best_length, at_prompt + best_length
+    return prefix, runs
+
+
+def reuse_cache(llama: Llama, prompt: list[int]) -> int:
+    """Rearrange the model's cache so that it starts with as much of `prompt` as it holds
+    (see `reusable_runs`): the tokens no run keeps are removed, and the runs are moved
+    back to follow the common prefix (their positions shifted, as llama.cpp's context
+    shift does; what they computed while the removed tokens preceded them stays, a close
+    approximation of reading them again). llama.cpp then reads only the rest. Returns how
+    many tokens the cache now shares with the prompt."""
+    cached = llama.input_ids[: llama.n_tokens].copy()
+    wanted = np.asarray(prompt, dtype=np.intc)
+    prefix, runs = reusable_runs(cached, wanted)
+    if not runs:
+        return prefix  # llama.cpp's own prefix match does the rest
+    context = llama._ctx
+    # Between the prefix and the first run, between runs, and after the last one.
+    gap_starts = [prefix, *(start + length for start, length in runs)]
+    gap_ends = [*(start for start, _ in runs), len(cached)]
+    for start, end in zip(gap_starts, gap_ends, strict=True):
+        if end > start and not context.kv_cache_seq_rm(0, start, end):
+            llama.n_tokens = 0  # this cache cannot be cut: the prompt is read afresh
+            return 0
+    target = prefix
+    for start, length in runs:
+        if start != target:
+            context.kv_cache_seq_shift(0, start, start + length, target - start)
+        llama.input_ids[target : target + length] = cached[start : start + length]
+        target += length
+    llama.n_tokens = target
+    return target
 
 
 def _token_text(llama: Llama, token: int) -> str:

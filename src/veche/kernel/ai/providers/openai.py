@@ -397,6 +397,9 @@ def _usage(usage: Any) -> TokenUsage:
     return TokenUsage(
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        cached_tokens=int(
+            getattr(getattr(usage, "prompt_tokens_details", None), "cached_tokens", 0) or 0
+        ),
     )
 
 
