@@ -1,7 +1,7 @@
 """Direct-mode overhead: what a chat message costs beyond the model's own answer.
 
     .venv/bin/python bench/agents_direct.py [--messages 100] [--delay-ms 50]
-        [--embeddings fake|local] [--llm fake|local]
+        [--embeddings fake|local] [--llm fake|local] [--fake process|thread]
 
 One process, a migrated SQLite database in a temporary directory, the agents app with its
 runner, and the fake OpenAI-compatible server of the tests answering every chat call after
@@ -9,6 +9,12 @@ runner, and the fake OpenAI-compatible server of the tests answering every chat 
 channel until TASK_COMPLETED. That time covers the request, the queue, the runner's claim,
 memory recall, history, the gateway call, storing the answer and the interaction, and the
 events.
+
+The fake server answers every chat call with a short text after `--delay-ms` and
+embeds with a hash (`agents_orchestration.BenchFake`); with `--fake process` (the default)
+it runs in a child process, as a model server is another machine: its CPU then does not
+share this process's GIL and count as our overhead (`--fake thread`: in this process, as
+before 2026-12-06).
 
 Baseline, measured in the same run: the same number of bare gateway calls
 (`kernel.ai.llm.chat`) to the same fake server with the same delay. Overhead = the run's
@@ -45,11 +51,12 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
+from agents_orchestration import BenchFake, OutOfProcessFake
 from common import RESULTS, ROOT, log
 
 sys.path.insert(0, str(ROOT))  # the tests' fake OpenAI server
 
-from tests.fakes.openai_server import MODEL, ChatReply, FakeOpenAI
+from tests.fakes.openai_server import MODEL
 from tests.helpers import signed_up
 
 from veche.apps.agents import module as agents_module
@@ -112,7 +119,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 def settings_for(
     tmp: str,
-    fake: FakeOpenAI,
+    fake: BenchFake | OutOfProcessFake,
     embeddings: str,
     llm: str = "fake",
     max_tokens: int = 64,
@@ -200,7 +207,7 @@ async def completed(connection: Any) -> None:
                 return
 
 
-async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
+async def run(args: argparse.Namespace, fake: BenchFake | OutOfProcessFake) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="veche-direct-") as tmp:
         settings = settings_for(tmp, fake, args.embeddings, args.llm, args.max_tokens, args.threads)
         await upgrade(settings)
@@ -232,8 +239,6 @@ async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
                     connection, session_channel(user.id, UUID(chat["id"]))
                 )
                 url = f"{PREFIX}/projects/{project['id']}/sessions/{chat['id']}/messages"
-                delay = args.delay_ms / 1000
-                fake.script("chat", *[ChatReply(content="ok", delay=delay)] * (args.messages + 5))
                 # Warm-up: the first message loads models and fills caches.
                 for n in range(3):
                     response = await http.post(
@@ -258,7 +263,6 @@ async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
                 kernel.realtime.disconnect(connection)
                 model_calls = await usage_since(kernel, measured_from)
 
-                fake.script("chat", *[ChatReply(content="ok", delay=delay)] * args.messages)
                 bare: list[float] = []
                 for n in range(args.messages):
                     started = time.perf_counter()
@@ -273,6 +277,7 @@ async def run(args: argparse.Namespace, fake: FakeOpenAI) -> dict[str, Any]:
     return {
         "messages": args.messages,
         "delay_ms": args.delay_ms if args.llm == "fake" else None,
+        "fake": args.fake,
         "embeddings": args.embeddings,
         "llm": args.llm,
         "max_tokens": args.max_tokens if args.llm == "local" else None,
@@ -295,8 +300,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="the local model's threads")
     parser.add_argument("--questions", choices=["same", "varied"], default="same")
+    parser.add_argument("--fake", choices=["process", "thread"], default="process")
     args = parser.parse_args()
-    fake = FakeOpenAI(embedding_dimensions=16)
+    delay = args.delay_ms / 1000
+    fake = OutOfProcessFake(delay) if args.fake == "process" else BenchFake(delay)
     with fake.running():
         results = asyncio.run(run(args, fake))
     print("| per message | p50 ms | p95 ms |\n|---|---|---|")
