@@ -26,6 +26,7 @@ from tests.apps.agents.http_support import (
     http,
 )
 from tests.helpers import assert_problem
+from veche.apps.agents.errors import AgentNotFound, ProjectNotFound
 from veche.apps.agents.memory import (
     VECTOR_APP,
     AgentMemory,
@@ -506,6 +507,34 @@ async def test_remember_and_recall_through_the_runner_interface(
         assert len(hits) == 4
         assert await memory.recall(session, **ids, query="router", type="tool") == []
     assert await vector_count(agents_app, ann.user_id, project_id=project["id"]) == 4
+
+
+async def test_remember_refuses_another_users_agent_or_project_and_writes_nothing(
+    http: httpx.AsyncClient, ann: Caller, bob: Caller, agents_app: FastAPI
+) -> None:
+    agent, project = await create_agent(http, ann), await create_project(http, ann)
+    bobs_agent, bobs_project = await create_agent(http, bob), await create_project(http, bob)
+    memory = memory_of(agents_app)
+    cases = [
+        (bobs_agent["id"], project["id"], AgentNotFound),
+        (agent["id"], bobs_project["id"], ProjectNotFound),
+        (str(new_id()), project["id"], AgentNotFound),
+    ]
+    for agent_id, project_id, error in cases:
+        async with kernel_of(agents_app).db.unit_of_work() as session:
+            with pytest.raises(error):
+                await memory.remember(
+                    session,
+                    user_id=UUID(ann.user_id),
+                    agent_id=UUID(agent_id),
+                    project_id=UUID(project_id),
+                    request="not kept",
+                    response="",
+                )
+    async with kernel_of(agents_app).db.unit_of_work() as session:
+        assert await session.scalar(select(func.count()).select_from(MemoryEntry)) == 0
+    assert await vector_count(agents_app, ann.user_id, project_id=project["id"]) == 0
+    assert await vector_count(agents_app, bob.user_id, project_id=bobs_project["id"]) == 0
 
 
 async def test_a_rolled_back_remember_leaves_no_vector(

@@ -164,8 +164,14 @@ class AgentMemory:
         back, and the pruned vectors go only once it commits."""
         if limit < 1:
             raise ValueError("a memory limit is at least 1")
-        await self.owned_agent(db, user_id=user_id, agent_id=agent_id)
-        await self.owned_project(db, user_id=user_id, project_id=project_id)
+        # Both in one statement, reading no row (a run calls this for every answer).
+        agent_found, project_found = await MemoryQueries(db, user_id).exist(
+            (Agent, agent_id), (Project, project_id)
+        )
+        if not agent_found:
+            raise AgentNotFound(f"You have no agent {agent_id}")
+        if not project_found:
+            raise ProjectNotFound(f"You have no project {project_id}")
         text = f"{request}\n\n{response}"[:EMBEDDED_CHARACTERS]
         vector = (await self.ai.embedder.embed_passages([text]))[0]
         entry = MemoryEntry(

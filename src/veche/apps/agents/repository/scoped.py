@@ -51,6 +51,15 @@ class Scoped:
         row: Owned | None = await self.session.scalar(statement)
         return row
 
+    async def exist(self, *rows: tuple[type[Project] | type[Agent], UUID]) -> tuple[bool, ...]:
+        """Whether each `(model, id)` is one of this user's rows, in one statement."""
+        checks = [
+            select(model.id).where(model.user_id == self.user_id, model.id == row_id).exists()
+            for model, row_id in rows
+        ]
+        found = (await self.session.execute(select(*checks))).one()
+        return tuple(bool(value) for value in found)
+
     async def name_taken(
         self, model: type[Project] | type[Agent], name: str, *, excluding: UUID | None = None
     ) -> bool:
