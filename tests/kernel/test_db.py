@@ -238,6 +238,8 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(
             await asyncio.sleep(0.01)  # each reaches its first write before the next starts
         async with db.unit_of_work() as session:  # a read does not wait for the writer
             assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+            counted = "WITH n AS (SELECT count(*) AS c FROM t) SELECT c FROM n"  # nor a CTE
+            assert (await session.execute(text(counted))).scalar() == 0
         release.set()
         await asyncio.gather(holder, *waiting)
         assert wrote == ["first", "w0", "w1", "w2", "w3", "w4"]
@@ -248,6 +250,12 @@ async def test_sqlite_writers_of_one_process_take_turns_in_order(
         await holding.wait()
         with pytest.raises(OperationalError) as waited:
             await then("too late")
+        assert overload(waited.value) is not None
+        with pytest.raises(OperationalError) as waited:  # a CTE that writes waits its turn
+            async with db.unit_of_work() as session:
+                await session.execute(
+                    text("WITH v AS (SELECT 'cte' AS name) INSERT INTO t (name) SELECT name FROM v")
+                )
         assert overload(waited.value) is not None
         release.set()
         await holder

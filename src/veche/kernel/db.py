@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import re
 import sqlite3
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -179,6 +180,9 @@ def create_engine(settings: Settings, url: str | None = None, **options: Any) ->
     )
 
 
+_WRITING = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
 class _SQLiteWriters:
     """One writing transaction at a time per process, queued in order.
 
@@ -209,7 +213,11 @@ class _SQLiteWriters:
     @staticmethod
     def _reads_only(statement: str) -> bool:
         head = statement.lstrip()[:8].upper()
-        return head.startswith(("SELECT", "PRAGMA", "EXPLAIN"))
+        if head.startswith(("SELECT", "PRAGMA", "EXPLAIN")):
+            return True
+        # A common table expression is a read unless a writing keyword appears anywhere
+        # in it (a string that merely holds one is taken for a write: the safe side).
+        return head.startswith("WITH") and _WRITING.search(statement) is None
 
     def _lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
