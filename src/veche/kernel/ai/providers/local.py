@@ -360,6 +360,10 @@ def reuse_cache(llama: Llama, prompt: list[int]) -> int:
     if not runs:
         return prefix  # llama.cpp's own prefix match does the rest
     context = llama._ctx
+    from llama_cpp import llama_memory_can_shift
+
+    if not llama_memory_can_shift(context.memory):  # shifting would abort the process
+        return prefix
     # Between the prefix and the first run, between runs, and after the last one.
     gap_starts = [prefix, *(start + length for start, length in runs)]
     gap_ends = [*(start for start, _ in runs), len(cached)]
