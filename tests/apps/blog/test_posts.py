@@ -31,7 +31,7 @@ async def test_a_scheduled_post_is_published_at_its_time(
     http: httpx.AsyncClient, blog_app: FastAPI, ann: Caller, bob: Caller
 ) -> None:
     await create_blog(http, ann)
-    post = await create_post(http, ann, state="scheduled", publish_at=soon(1.0))
+    post = await create_post(http, ann, state="scheduled", publish_at=soon(60))
     assert post["state"] == "scheduled"
     assert post["published_at"] is None
     kernel = blog_app.state.kernel
@@ -42,15 +42,17 @@ async def test_a_scheduled_post_is_published_at_its_time(
         "blog.post_not_found",
     )
 
-    await asyncio.sleep(1.1)
-    assert await publish_scheduled_posts(kernel) == 1
+    # The job run a minute later (a time, not a sleep: a slow machine cannot make the
+    # post's time pass before it is created).
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=61)
+    assert await publish_scheduled_posts(kernel, at=later) == 1
     response = await http.get(f"{PREFIX}/posts/{post['id']}", headers=bob.headers)
     assert response.status_code == 200
     assert response.json()["state"] == "published"
     assert response.json()["publish_at"] is None
     events = await events_of(blog_app, "blog.post.published")
     assert [event["post_id"] for event in events] == [post["id"]]
-    assert await publish_scheduled_posts(kernel) == 0  # published once
+    assert await publish_scheduled_posts(kernel, at=later) == 0  # published once
 
 
 async def test_the_running_scheduler_publishes_due_posts(
@@ -59,7 +61,9 @@ async def test_the_running_scheduler_publishes_due_posts(
     """Nothing called by hand: the app's own scheduled job (ticking every 5 seconds)."""
     assert publish_job in blog_app.state.modules[0].jobs
     await create_blog(http, ann)
-    post = await create_post(http, ann, state="scheduled", publish_at=soon(0.5))
+    # Two seconds ahead: time enough to create it on a loaded machine, and the job's
+    # first tick (5 s) still finds it due.
+    post = await create_post(http, ann, state="scheduled", publish_at=soon(2.0))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 15
     state = "scheduled"

@@ -21,12 +21,13 @@ log = structlog.get_logger("veche.blog.jobs")
 BATCH = 100
 
 
-async def publish_scheduled_posts(kernel: Kernel) -> int:
-    """Publish every scheduled post whose time has come; the number published."""
+async def publish_scheduled_posts(kernel: Kernel, at: dt.datetime | None = None) -> int:
+    """Publish every scheduled post whose time has come (by `at`, default now); the
+    number published."""
     published = 0
     while True:
         async with kernel.db.unit_of_work() as session:
-            now = utcnow()
+            now = at or utcnow()
             system = SystemQueries(session)
             due = await system.due_posts(now, BATCH)
             writes = PostWrites(session)
