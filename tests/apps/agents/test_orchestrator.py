@@ -475,6 +475,24 @@ async def test_cancelling_a_running_plan_stops_its_tasks(
     assert done["status"] == "completed"
 
 
+async def _plan_with_step_a_running(
+    http: httpx.AsyncClient, ann: User, setup: Setup, fake: FakeOpenAI
+) -> dict[str, Any]:
+    """Send a two-step plan (b needs a) whose step a waits 3 s for the model; its task, once
+    step a's model call has reached the model."""
+    fake.reply_json(plan(("a", "researcher", []), ("b", "writer", ["a"])))
+    fake.script("chat", ChatReply(content="cut short", delay=3.0))
+    root: dict[str, Any] = (await _send(http, ann, setup))["task"]
+
+    async def a_running() -> None:
+        # The fake server runs in its own thread: nothing here to wait on but its log.
+        while len(fake.requests_to("/chat/completions")) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(a_running(), WAIT)
+    return root
+
+
 async def test_a_restart_in_the_middle_of_a_plan_loses_no_task(
     app_factory: Callable[..., Any],
     settings_factory: Callable[..., Settings],
@@ -487,17 +505,7 @@ async def test_a_restart_in_the_middle_of_a_plan_loses_no_task(
     async with client_for(first) as http:
         ann = await _user(http, "ann@example.com")
         setup = await _setup(http, ann)
-        fake_openai.reply_json(plan(("a", "researcher", []), ("b", "writer", ["a"])))
-        fake_openai.script("chat", ChatReply(content="cut short", delay=3.0))
-        root = (await _send(http, ann, setup))["task"]
-
-        async def a_running() -> None:
-            """Until step a's model call has reached the model (and waits for its answer)."""
-            # The fake server runs in its own thread: nothing here to wait on but its log.
-            while len(fake_openai.requests_to("/chat/completions")) < 2:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-
-        await asyncio.wait_for(a_running(), WAIT)
+        root = await _plan_with_step_a_running(http, ann, setup, fake_openai)
     await lifespan.__aexit__(None, None, None)  # the server stops with step a mid-run
 
     fake_openai.reply_text("facts, again")
@@ -528,16 +536,7 @@ async def test_a_stopped_server_leaves_no_runner_behind(
         assert len(loops) == 1
         async with client_for(first) as http:
             ann = await _user(http, "ann@example.com")
-            setup = await _setup(http, ann)
-            fake_openai.reply_json(plan(("a", "researcher", []), ("b", "writer", ["a"])))
-            fake_openai.script("chat", ChatReply(content="cut short", delay=3.0))
-            await _send(http, ann, setup)
-
-            async def a_running() -> None:
-                while len(fake_openai.requests_to("/chat/completions")) < 2:  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-
-            await asyncio.wait_for(a_running(), WAIT)
+            await _plan_with_step_a_running(http, ann, await _setup(http, ann), fake_openai)
         runner = runtime_of(first.state.kernel).runner
         assert runner is not None
         runner.wake()
