@@ -236,6 +236,7 @@ class Hub:
         self._stopping = False
         self._drained = asyncio.Event()
         self._previous_handlers: dict[int, Any] = {}
+        self._handover: asyncio.Task[None] | None = None
         self._token_cache: dict[tuple[tuple[str, Position], ...], str] = {}
         self.encoded = EncodedFrames()
 
@@ -282,8 +283,14 @@ class Hub:
             self._previous_handlers[signum] = previous
 
             def handler(number: int, frame: FrameType | None, previous: Any = previous) -> None:
-                self.request_shutdown()
-                previous(number, frame)
+                loop = self._loop
+                if self._stopping or loop is None or loop.is_closed():
+                    previous(number, frame)  # a second signal: the server's own handling now
+                    return
+                # The connections first, then the server: uvicorn closes the WebSockets
+                # still open at once (1012, without the reconnect frame) when its handler
+                # has run, which raced the hub's writers on a busy machine.
+                loop.call_soon_threadsafe(self._drain_then, lambda: previous(number, frame))
 
             signal.signal(signum, handler)
 
@@ -299,6 +306,19 @@ class Hub:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._begin_shutdown)
+
+    def _drain_then(self, then: Callable[[], None]) -> None:
+        """End every connection, then call `then` once they are gone or the shutdown
+        timeout has passed."""
+        self._begin_shutdown()
+
+        async def handing_over() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.shutdown_timeout_seconds):
+                    await self._drained.wait()
+            then()
+
+        self._handover = asyncio.get_running_loop().create_task(handing_over())
 
     def _begin_shutdown(self) -> None:
         if self._stopping:
