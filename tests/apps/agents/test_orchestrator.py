@@ -493,6 +493,33 @@ async def _plan_with_step_a_running(
     return root
 
 
+async def test_an_agent_is_busy_while_its_step_runs_and_a_plan_reads_its_context_once(
+    http: httpx.AsyncClient, ann: User, fake_openai: FakeOpenAI, chat_app: FastAPI
+) -> None:
+    setup = await _setup(http, ann)
+    agents = setup.agents
+
+    async def status(name: str) -> str:
+        response = await http.get(f"{PREFIX}/agents/{agents[name]['id']}", headers=ann.headers)
+        assert response.status_code == 200, response.text
+        value: str = response.json()["status"]
+        return value
+
+    root = await _plan_with_step_a_running(http, ann, setup, fake_openai)
+    # Claimed, so busy; the writer's step b waits for a and its agent is not working.
+    assert (await status("researcher"), await status("writer")) == ("busy", "ready")
+    contexts = runtime_of(chat_app.state.kernel).plan_contexts
+    assert len(contexts) == 1  # step a read what b will share
+    fake_openai.reply_text("the article")
+    detail = await _plan(http, ann, root["id"])
+    assert detail["status"] == "completed"
+    # Step b was written with the plan's request and a's result, from the shared context.
+    assert REQUEST in _chat_bodies(fake_openai)[-1]
+    assert "cut short" in _chat_bodies(fake_openai)[-1]
+    assert (await status("researcher"), await status("writer")) == ("ready", "ready")
+    assert len(contexts) == 0  # the plan ended: its context is dropped
+
+
 async def test_a_restart_in_the_middle_of_a_plan_loses_no_task(
     app_factory: Callable[..., Any],
     settings_factory: Callable[..., Settings],

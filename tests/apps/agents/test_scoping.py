@@ -7,7 +7,7 @@ import ast
 import datetime as dt
 from importlib import resources
 from pathlib import Path
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from sqlalchemy.dialects import sqlite
 
@@ -115,9 +115,11 @@ def test_every_scoped_query_filters_by_the_user() -> None:
         "agents_agents": [
             health.agent_statement(other),
             health.status_statement(other, "busy", None, moment),
+            health.status_statement([other, uuid4()], "busy", None, moment),
+            health.settle_statement(other, moment),
         ],
         "agents_tasks": [
-            health.working_statement(other),
+            health.settle_statement(other, moment),
             health.counts_statement(other),
             health.mean_statement(other),
             health.ranked_statement(other, 3),

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Collection
 from typing import Any
 from uuid import UUID
 
@@ -35,9 +36,10 @@ def is_provider_failure(error_code: str | None) -> bool:
     return error_code in PROVIDER_FAILURES
 
 
-async def task_started(db: AsyncSession, user_id: UUID, agent_id: UUID) -> None:
-    """An agent's task began running: the agent is `busy` (also out of `error`: it is
-    trying again). One conditional update, which locks the row as it changes it."""
+async def task_started(db: AsyncSession, user_id: UUID, agent_id: UUID | Collection[UUID]) -> None:
+    """An agent's task (or tasks of several agents) began running: the agent is `busy`
+    (also out of `error`: it is trying again). One conditional update, which locks the
+    rows as it changes them; the runner makes it in the transaction that claims the tasks."""
     await HealthQueries(db, user_id).set_status(
         agent_id, "busy", None, utcnow(), unless_already=True
     )
@@ -65,10 +67,7 @@ async def task_finished(
         return
     if agent.status == "error" and error_code is not None:
         return
-    working = await queries.working_tasks(agent_id)
-    wanted = "busy" if working else "ready"
-    if agent.status != wanted:
-        await queries.set_status(agent_id, wanted, None, now)
+    await queries.settle(agent_id, now)
 
 
 async def agent_metrics(db: AsyncSession, user_id: UUID, agent_id: UUID) -> dict[str, Any]:

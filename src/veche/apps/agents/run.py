@@ -22,16 +22,17 @@ from veche.apps.agents.models import (
     Approval,
     ChatMessage,
     ClientToolCall,
-    Plan,
     Project,
     Task,
 )
+from veche.apps.agents.plan_context import PlanContext
 from veche.apps.agents.repository import ChatQueries, PlanQueries, RunnerQueries
 from veche.apps.agents.spaces import AgentSnapshot
 from veche.apps.agents.stream import EventType, message_payload
 from veche.apps.agents.tools import Toolbox, ToolError, Workspace, assess_risk, tool_specs
 from veche.kernel import new_id, utcnow
 from veche.kernel.ai.types import Message, Tool, ToolCall
+from veche.kernel.db import on_outcome
 from veche.kernel.errors import ProblemError
 
 if TYPE_CHECKING:
@@ -88,14 +89,14 @@ def _tools_named(allowed: frozenset[str]) -> tuple[Tool, ...]:
 
 @dataclass(slots=True)
 class _Loaded:
-    """What a run reads before it starts, in one transaction: its message, its project
-    when its agent has tools (their workspace), and when it begins, its session's recent
-    history and (a step) its plan and the results of the steps it depends on."""
+    """What a run reads before it starts: its message, its project when its agent has
+    tools (their workspace), and when it begins, its session's recent history and (a
+    step) its plan's graph and the results of the steps it depends on."""
 
     message: ChatMessage
     project: Project | None = None
     history: list[ChatMessage] = field(default_factory=list)
-    plan: Plan | None = None
+    graph: tuple[dict[str, Any], ...] = ()
     inputs: dict[str, str | None] = field(default_factory=dict)
 
 
@@ -163,6 +164,8 @@ class Run:
         """Everything the run reads before it starts, in one transaction (each one costs
         round trips, and a plan's steps start several at a time). A message goes with its
         session and project: without it the run stops."""
+        if beginning and self.task.plan_id is not None:
+            return await self._load_step(self.task.plan_id, with_project=with_project)
         async with self.kernel.db.unit_of_work() as session:
             queries = ChatQueries(session, self.user_id)
             message = await queries.get(ChatMessage, self.task.message_id)
@@ -171,20 +174,47 @@ class Run:
                 raise _Stopped
             loaded = _Loaded(message, project)
             if beginning:
-                if self.task.plan_id is not None:
-                    plans = PlanQueries(session, self.user_id)
-                    loaded.plan = await plans.plan(self.task.plan_id)
-                    loaded.inputs = await plans.step_results(
-                        self.task.plan_id, self.task.depends_on or []
-                    )
-                window = self.settings.history_messages
-                loaded.history = await queries.recent_messages(
-                    self.task.session_id, window, before=message.id, step=max(1, window // 2)
-                )
-                if self.task.agent_id is not None:
-                    # Last, so the write is all this transaction holds a lock for.
-                    await health.task_started(session, self.user_id, self.task.agent_id)
+                loaded.history = await self._recent(queries, message)
         return loaded
+
+    async def _recent(self, queries: ChatQueries, message: ChatMessage) -> list[ChatMessage]:
+        window = self.settings.history_messages
+        return await queries.recent_messages(
+            self.task.session_id, window, before=message.id, step=max(1, window // 2)
+        )
+
+    async def _load_step(self, plan_id: UUID, *, with_project: bool) -> _Loaded:
+        """A step's beginning: what all steps of its plan read alike comes from the
+        process's plan contexts (`plan_context`); its inputs and project it reads itself."""
+        context = await self.runtime.plan_contexts.get(plan_id, self._plan_context)
+        if context is None:
+            raise _Stopped
+        loaded = _Loaded(context.message, history=list(context.history), graph=context.graph)
+        needs = self.task.depends_on or []
+        if needs or with_project:
+            async with self.kernel.db.unit_of_work() as session:
+                if with_project:
+                    loaded.project = await ChatQueries(session, self.user_id).get(
+                        Project, self.task.project_id
+                    )
+                    if loaded.project is None:
+                        raise _Stopped
+                loaded.inputs = await PlanQueries(session, self.user_id).step_results(
+                    plan_id, needs
+                )
+        return loaded
+
+    async def _plan_context(self) -> PlanContext | None:
+        """The message, history and graph that every step of this task's plan shares."""
+        assert self.task.plan_id is not None
+        async with self.kernel.db.unit_of_work() as session:
+            queries = ChatQueries(session, self.user_id)
+            message = await queries.get(ChatMessage, self.task.message_id)
+            plan = await PlanQueries(session, self.user_id).plan(self.task.plan_id)
+            if message is None or plan is None:
+                return None
+            history = await self._recent(queries, message)
+        return PlanContext(message, tuple(history), tuple(plan.graph))
 
     async def _project(self) -> Project:
         async with self.kernel.db.unit_of_work() as session:
@@ -304,10 +334,7 @@ class Run:
     def _step_request(self, loaded: _Loaded) -> str:
         """A step's instruction: the user's request for context, the step's own task, and
         the results of the steps it depends on, marked as data."""
-        plan = loaded.plan
-        if plan is None:
-            raise _Stopped
-        planned = {item["id"]: item for item in plan.graph}
+        planned = {item["id"]: item for item in loaded.graph}
         own = planned.get(self.task.step_key or "", {})
         parts = [
             "You are one agent of several working on the user's request below; do only "
@@ -611,10 +638,12 @@ class Run:
         """For a plan's step that just ended: move its plan on in the same transaction."""
         if self.task.kind != "step" or self.task.plan_id is None:
             return []
-        moved = await orchestrator.advance(session, self.user_id, self.task.plan_id)
+        plan_id = self.task.plan_id
+        moved = await orchestrator.advance(session, self.user_id, plan_id)
         moved.publish(session, self.runtime.events)
         if moved.finished is not None:
             bus.FINISHED.labels("plan", moved.finished.status).inc()
+            on_outcome(session, committed=lambda: self.runtime.plan_contexts.drop(plan_id))
         return moved.queued
 
     async def _remember(

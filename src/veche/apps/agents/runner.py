@@ -32,7 +32,7 @@ from uuid import UUID
 
 import structlog
 
-from veche.apps.agents import bus, orchestrator
+from veche.apps.agents import bus, health, orchestrator
 from veche.apps.agents.approvals import sweep_approvals
 from veche.apps.agents.models import Task
 from veche.apps.agents.plan_run import PlanRun
@@ -203,6 +203,13 @@ class Runner:
         if chosen:  # all in one transaction: a plan's wave starts together
             async with db.unit_of_work() as session:
                 claimed = await RunnerQueries(session).claim_many(list(chosen.items()), utcnow())
+                # Their agents are `busy` from the claim on (one update per user).
+                working: dict[UUID, set[UUID]] = {}
+                for task in claimed:
+                    if task.agent_id is not None:
+                        working.setdefault(task.user_id, set()).add(task.agent_id)
+                for user_id, agent_ids in working.items():
+                    await health.task_started(session, user_id, sorted(agent_ids))
         # The ones missing were taken by another process, or cancelled.
         for task in claimed:
             status = chosen[task.id]

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from veche.apps.agents.memory import AgentMemory
+from veche.apps.agents.plan_context import PlanContexts
 from veche.apps.agents.spaces import WorkerSpaceManager
 from veche.apps.agents.stream import SessionEvents
 from veche.apps.agents.workspace import WorkspaceRoot
@@ -36,6 +37,8 @@ class AgentsRuntime:
     health_checked_at: float | None = None
     # Runs chat tasks; present in the `worker` and `all` roles.
     runner: Runner | None = None
+    # What the steps of a plan read alike, read once per plan here.
+    plan_contexts: PlanContexts = field(default_factory=PlanContexts)
 
     def wake(self, task_id: UUID) -> None:
         """The runner's fast path to a task that may go on; call it after the commit that

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, Update, func, select, update
+from sqlalchemy import ColumnElement, Select, Update, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.apps.agents.models import (
@@ -39,25 +40,19 @@ class HealthQueries:
     def agent_statement(self, agent_id: UUID) -> Select[Agent]:
         return select(Agent).where(Agent.user_id == self.user_id, Agent.id == agent_id)
 
-    def working_statement(self, agent_id: UUID) -> Select[int]:
-        return select(func.count()).where(
-            Task.user_id == self.user_id,
-            Task.agent_id == agent_id,
-            Task.status.in_(WORKING_TASK_STATES),
-        )
-
     def status_statement(
         self,
-        agent_id: UUID,
+        agent_id: UUID | Collection[UUID],
         status: str,
         reason: str | None,
         now: dt.datetime,
         *,
         unless_already: bool = False,
     ) -> Update:
-        """Set the agent's status; with `unless_already`, only if it has another one (so
-        `status_changed_at` keeps the moment it first took this one)."""
-        statement = update(Agent).where(Agent.user_id == self.user_id, Agent.id == agent_id)
+        """Set the agent's (or agents') status; with `unless_already`, only if it has
+        another one (so `status_changed_at` keeps the moment it first took this one)."""
+        chosen = Agent.id == agent_id if isinstance(agent_id, UUID) else Agent.id.in_(agent_id)
+        statement = update(Agent).where(Agent.user_id == self.user_id, chosen)
         if unless_already:
             statement = statement.where(Agent.status != status)
         # `updated_at` is kept: it says when the configuration last changed, not the status.
@@ -67,6 +62,32 @@ class HealthQueries:
             status_changed_at=now,
             updated_at=Agent.updated_at,
         ).execution_options(synchronize_session=False)
+
+    def settle_statement(self, agent_id: UUID, now: dt.datetime) -> Update:
+        """`busy` while one of the agent's tasks runs, else `ready`, changed only if it is
+        not that already. The caller holds the agent's row (`lock_agent`), so the running
+        tasks are counted after every earlier change to them committed."""
+        working = (
+            select(Task.id)
+            .where(
+                Task.user_id == self.user_id,
+                Task.agent_id == agent_id,
+                Task.status.in_(WORKING_TASK_STATES),
+            )
+            .exists()
+        )
+        wanted = case((working, "busy"), else_="ready")
+        return (
+            update(Agent)
+            .where(Agent.user_id == self.user_id, Agent.id == agent_id, Agent.status != wanted)
+            .values(
+                status=wanted,
+                status_reason=None,
+                status_changed_at=now,
+                updated_at=Agent.updated_at,
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     def counts_statement(self, agent_id: UUID) -> Select[str, int]:
         return (
@@ -132,12 +153,12 @@ class HealthQueries:
             .execution_options(synchronize_session=False)
         )
 
-    async def working_tasks(self, agent_id: UUID) -> int:
-        return int(await self.session.scalar(self.working_statement(agent_id)) or 0)
+    async def settle(self, agent_id: UUID, now: dt.datetime) -> None:
+        await self.session.execute(self.settle_statement(agent_id, now))
 
     async def set_status(
         self,
-        agent_id: UUID,
+        agent_id: UUID | Collection[UUID],
         status: str,
         reason: str | None,
         now: dt.datetime,
