@@ -24,6 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from veche.apps.agents import bus, planning
 from veche.apps.agents.models import Agent, ChatMessage, OrchestratorConfig, Plan, Task
@@ -218,21 +219,25 @@ async def advance(session: AsyncSession, user_id: UUID, plan_id: UUID) -> Advanc
             error_detail=reason,
             finished_at=now,
         )
-        step.status = "skipped"
-        step.error_code = "agents.dependency_failed"
-        step.error_detail = reason
+        # What the update wrote, told to the loaded rows without another write of it.
+        _written(step, status="skipped", error_code="agents.dependency_failed", error_detail=reason)
     if ready:
         outcome.queued = await queries.set_step_statuses(
             [step.id for step in ready], ("blocked",), now, status="queued"
         )
         for step in ready:
             if step.id in outcome.queued:
-                step.status = "queued"
+                _written(step, status="queued")
                 await bus.announce(session, step)
     if any(step.status not in ("completed", *FAILED_STEP_STATES) for step in steps):
         return outcome
     await _close(session, queries, plan, steps, outcome, now)
     return outcome
+
+
+def _written(step: Task, **values: Any) -> None:
+    for name, value in values.items():
+        set_committed_value(step, name, value)
 
 
 async def _close(

@@ -6,12 +6,15 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Row, Select, delete, func, select
 
 from veche.apps.agents.models import (
     MemoryEntry,
 )
 from veche.apps.agents.repository.scoped import Scoped, rowcount
+
+# id, request, response, type, success, created_at
+HitRow = Row[UUID, str, str, str, bool, dt.datetime]
 
 # -- memory -------------------------------------------------------------------------------
 
@@ -72,14 +75,24 @@ class MemoryQueries(Scoped):
         )
         return list((await self.session.scalars(statement)).all())
 
-    def by_ids_statement(self, ids: list[UUID]) -> Select[MemoryEntry]:
-        return self.select(MemoryEntry).where(MemoryEntry.id.in_(ids))
+    def by_ids_statement(self, ids: list[UUID]) -> Select[UUID, str, str, str, bool, dt.datetime]:
+        # Plain rows of the columns a recall shows: every run recalls, and building ORM
+        # objects for them cost more than the query.
+        return select(
+            MemoryEntry.id,
+            MemoryEntry.request,
+            MemoryEntry.response,
+            MemoryEntry.type,
+            MemoryEntry.success,
+            MemoryEntry.created_at,
+        ).where(MemoryEntry.user_id == self.user_id, MemoryEntry.id.in_(ids))
 
-    async def entries_by_id(self, ids: list[UUID]) -> dict[UUID, MemoryEntry]:
-        found: dict[UUID, MemoryEntry] = {}
+    async def entries_by_id(self, ids: list[UUID]) -> dict[UUID, HitRow]:
+        """The entries' id, request, response, type, success and created_at, by id."""
+        found: dict[UUID, HitRow] = {}
         for start in range(0, len(ids), self.ID_BATCH):
             batch = ids[start : start + self.ID_BATCH]
-            rows = await self.session.scalars(self.by_ids_statement(batch))
+            rows = await self.session.execute(self.by_ids_statement(batch))
             found.update((row.id, row) for row in rows.all())
         return found
 
