@@ -56,16 +56,17 @@ async def task_finished(
     (the provider answered), other failures leave it."""
     await db.flush()  # the session does not autoflush: the count must see this task's end
     queries = HealthQueries(db, user_id)
-    agent = await queries.lock_agent(agent_id)
-    if agent is None:  # deleted meanwhile
+    locked = await queries.lock_agent(agent_id)
+    if locked is None:  # deleted meanwhile
         return
+    status, lifecycle = locked
     now = utcnow()
-    if agent.lifecycle == "draining" and not await queries.unfinished_tasks(agent_id):
+    if lifecycle == "draining" and not await queries.unfinished_tasks(agent_id):
         await queries.set_lifecycle(agent_id, "deregistered")
     if is_provider_failure(error_code):
         await queries.set_status(agent_id, "error", error_code, now)
         return
-    if agent.status == "error" and error_code is not None:
+    if status == "error" and error_code is not None:
         return
     await queries.settle(agent_id, now)
 

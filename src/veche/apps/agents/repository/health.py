@@ -37,8 +37,11 @@ class HealthQueries:
         self.session = session
         self.user_id = user_id
 
-    def agent_statement(self, agent_id: UUID) -> Select[Agent]:
-        return select(Agent).where(Agent.user_id == self.user_id, Agent.id == agent_id)
+    def agent_statement(self, agent_id: UUID) -> Select[str, str]:
+        """The agent's status and lifecycle (all a transition reads of it)."""
+        return select(Agent.status, Agent.lifecycle).where(
+            Agent.user_id == self.user_id, Agent.id == agent_id
+        )
 
     def status_statement(
         self,
@@ -117,20 +120,21 @@ class HealthQueries:
             .limit(1)
         )
 
-    async def lock_agent(self, agent_id: UUID) -> Agent | None:
-        """The agent's row, locked until the transaction ends (PostgreSQL; SQLite has one
-        writer anyway), so two tasks of one agent change its status one after the other.
+    async def lock_agent(self, agent_id: UUID) -> tuple[str, str] | None:
+        """The agent's (status, lifecycle), its row locked until the transaction ends
+        (PostgreSQL; SQLite has one writer anyway), so two tasks of one agent change its
+        status one after the other; None if it is gone.
 
         `FOR NO KEY UPDATE`, not `FOR UPDATE`: the caller has usually just inserted a row
         that references the agent (an answer), which holds `FOR KEY SHARE` on it; two
         tasks ending together would each wait for the other's key share under `FOR
         UPDATE` (a deadlock), while `NO KEY UPDATE` does not conflict with it."""
-        row: Agent | None = await self.session.scalar(
-            self.agent_statement(agent_id)
-            .with_for_update(key_share=True)
-            .execution_options(populate_existing=True)
-        )
-        return row
+        row = (
+            await self.session.execute(
+                self.agent_statement(agent_id).with_for_update(key_share=True)
+            )
+        ).one_or_none()
+        return None if row is None else (row[0], row[1])
 
     async def unfinished_tasks(self, agent_id: UUID) -> int:
         """The agent's tasks waiting on the bus or in flight."""
