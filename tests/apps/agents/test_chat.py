@@ -17,7 +17,7 @@ from tests.conftest import client_for
 from tests.fakes.openai_server import ChatReply, FakeOpenAI
 from tests.helpers import assert_problem, signed_up
 from veche.apps.agents import module as agents_module
-from veche.settings import Settings
+from veche.settings import AISettings, Settings
 
 
 @pytest.fixture
@@ -298,6 +298,44 @@ async def test_a_refused_request_fails_the_task_and_the_session_stays_usable(
     again = await _send(http, ann, setup)
     assert again.status_code == 202, again.text
     assert (await _finished(http, ann, setup, again.json()["task"]["id"]))["status"] == "completed"
+
+
+async def test_an_answer_stands_when_its_memory_cannot_be_embedded(
+    app_factory: Callable[..., Any],
+    settings_factory: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+) -> None:
+    settings = chat_settings(settings_factory, fake_openai).model_copy(
+        update={
+            "embeddings_provider": "openai",
+            "embeddings_base_url": fake_openai.base_url,
+            "embeddings_model": "fake-embedder",
+            "ai": AISettings(max_retries=0, embedding_dimensions=16),
+        }
+    )
+    app = await app_factory(settings, [agents_module])
+    async with client_for(app) as http:
+        ann = await _user(http, "ann@example.com")
+        setup = await _setup(http, ann)
+        context = f"{PREFIX}/agents/{setup.agent['id']}/context"
+        params = {"project_id": setup.project["id"]}
+        # The recall's embedding and the new entry's both fail: no memory, an answer.
+        fake_openai.reply_error(503, endpoint="embeddings", times=2)
+        fake_openai.reply_text("Hello there.")
+        task = (await _send(http, ann, setup)).json()["task"]["id"]
+        assert (await _finished(http, ann, setup, task))["status"] == "completed"
+        listed = await http.get(f"{PREFIX}{setup.base}/messages", headers=ann.headers)
+        assert listed.json()["items"][0]["content"] == "Hello there."
+        remembered = await http.get(context, params=params, headers=ann.headers)
+        assert remembered.status_code == 200, remembered.text
+        assert remembered.json()["items"] == []
+        # Embeddings answer again: the next exchange is remembered.
+        fake_openai.reply_text("Again.")
+        task = (await _send(http, ann, setup, "once more")).json()["task"]["id"]
+        assert (await _finished(http, ann, setup, task))["status"] == "completed"
+        remembered = await http.get(context, params=params, headers=ann.headers)
+        assert [item["response"] for item in remembered.json()["items"]] == ["Again."]
+        assert len(fake_openai.requests_to("/embeddings")) == 4
 
 
 async def test_an_unavailable_model_puts_the_agent_in_error_with_a_clear_refusal(

@@ -40,6 +40,7 @@ from veche.kernel.db import on_outcome
 log = structlog.get_logger("veche.agents.memory")
 
 VECTOR_APP = "agents"
+Vector = npt.NDArray[np.float32]
 DEFAULT_LIMIT = 1000
 # e5 reads about 5 ms per token: only the start of an interaction is embedded (the request
 # first, so what was asked is what a later question finds).
@@ -158,10 +159,12 @@ class AgentMemory:
         type: str = "chat",
         success: bool = True,
         limit: int = DEFAULT_LIMIT,
+        vector: Vector | None = None,
     ) -> MemoryEntry:
-        """Store one interaction with its embedding, then drop the oldest of this agent and
-        project beyond `limit`. Joins the caller's transaction: the vector goes if it rolls
-        back, and the pruned vectors go only once it commits."""
+        """Store one interaction with its embedding (`vector`, from `embed_interaction`,
+        or made here), then drop the oldest of this agent and project beyond `limit`.
+        Joins the caller's transaction: the vector goes if it rolls back, and the pruned
+        vectors go only once it commits."""
         if limit < 1:
             raise ValueError("a memory limit is at least 1")
         # Both in one statement, reading no row (a run calls this for every answer).
@@ -172,8 +175,8 @@ class AgentMemory:
             raise AgentNotFound(f"You have no agent {agent_id}")
         if not project_found:
             raise ProjectNotFound(f"You have no project {project_id}")
-        text = f"{request}\n\n{response}"[:EMBEDDED_CHARACTERS]
-        vector = (await self.ai.embedder.embed_passages([text]))[0]
+        if vector is None:
+            vector = await self.embed_interaction(request, response)
         entry = MemoryEntry(
             id=new_id(),
             user_id=user_id,
@@ -199,8 +202,15 @@ class AgentMemory:
             self._delete_vectors_after_commit(db, user_id, beyond)
         return entry
 
+    async def embed_interaction(self, request: str, response: str) -> Vector:
+        """The embedding `remember` stores for an interaction. A caller that holds a
+        transaction open makes it first: an embedding call can take a while."""
+        text = f"{request}\n\n{response}"[:EMBEDDED_CHARACTERS]
+        vector: Vector = (await self.ai.embedder.embed_passages([text]))[0]
+        return vector
+
     @staticmethod
-    def _record(entry: MemoryEntry, vector: npt.NDArray[np.float32]) -> VectorRecord:
+    def _record(entry: MemoryEntry, vector: Vector) -> VectorRecord:
         return VectorRecord(
             id=str(entry.id),
             vector=vector,

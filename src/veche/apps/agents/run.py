@@ -17,6 +17,7 @@ import structlog
 
 from veche.apps.agents import bus, health, orchestrator
 from veche.apps.agents.approvals import ApprovalService
+from veche.apps.agents.memory import Vector
 from veche.apps.agents.models import (
     Agent,
     Approval,
@@ -593,10 +594,13 @@ class Run:
         )
         remembered = message.content if self.task.kind == "chat" else self.state.get("request", "")
         events = self.runtime.events
+        # The memory entry's embedding is made before the transaction: no connection (nor
+        # SQLite's writer) waits on the embedding call. The entry commits with the answer,
+        # or not at all.
+        vector = await self._embed(remembered, content)
         async with self.kernel.db.unit_of_work() as session:
-            # First in the transaction: the embedding is made before any write of it (and
-            # the memory entry commits with the answer, or not at all).
-            await self._remember(session, agent, remembered, content, success=True)
+            if vector is not None:
+                await self._remember(session, agent, remembered, content, vector)
             if not await RunnerQueries(session).save(
                 self.task.id,
                 now,
@@ -646,8 +650,15 @@ class Run:
             on_outcome(session, committed=lambda: self.runtime.plan_contexts.drop(plan_id))
         return moved.queued
 
+    async def _embed(self, request: str, response: str) -> Vector | None:
+        try:
+            return await self.runtime.memory.embed_interaction(request, response)
+        except ProblemError as error:  # the answer stands without its memory entry
+            log.warning("agents_memory_store_failed", code=error.code)
+            return None
+
     async def _remember(
-        self, session: Any, agent: AgentSnapshot, request: str, response: str, *, success: bool
+        self, session: Any, agent: AgentSnapshot, request: str, response: str, vector: Vector
     ) -> None:
         try:
             await self.runtime.memory.remember(
@@ -658,12 +669,13 @@ class Run:
                 request=request,
                 response=response,
                 type="chat",
-                success=success,
+                success=True,
                 limit=agent.memory_limit,
+                vector=vector,
             )
         except ProblemError as error:  # the answer stands without its memory entry
-            # The memory's own errors (its agent or project gone, the embedding call
-            # failed) come before it writes anything: the transaction goes on.
+            # The memory's own errors (its agent or project gone) come before it writes
+            # anything: the transaction goes on.
             log.warning("agents_memory_store_failed", code=error.code)
 
     async def fail(self, code: str, detail: str) -> None:
