@@ -7,6 +7,7 @@ every call, successful or not.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -45,6 +46,15 @@ log = structlog.get_logger(__name__)
 OutputT = TypeVar("OutputT", bound=BaseModel)
 ProviderFactory = Callable[[ResolvedProfile], ChatProvider]
 _APP = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+
+
+@functools.lru_cache(maxsize=256)
+def _output_schema(output: type[BaseModel]) -> dict[str, object]:
+    """The JSON schema of a structured call's output model, rendered once per model
+    (pydantic renders it anew on every call). Shared between calls: nothing changes it."""
+    return output.model_json_schema()
+
+
 _REPAIR = (
     "Your previous reply did not match the required JSON schema ({errors}). "
     "Reply again with only a JSON object that matches the schema."
@@ -244,7 +254,7 @@ class LLMGateway:
         """A validated instance of `output`; one repair round, then `ai_invalid_output`."""
         profile = self._prepare(app, purpose)
         await self._ledger.ensure_budget(user_id, app)
-        schema = output.model_json_schema()
+        schema = _output_schema(output)
         conversation = list(messages)
         error: ValidationError | None = None
         parsed: list[OutputT] = []
