@@ -163,8 +163,9 @@ class Run:
 
     async def _load(self, *, beginning: bool, with_project: bool) -> _Loaded:
         """Everything the run reads before it starts, in one transaction (each one costs
-        round trips, and a plan's steps start several at a time). A message goes with its
-        session and project: without it the run stops."""
+        round trips, and a plan's steps start several at a time; a step beginning reads
+        only its own part, `_load_step`). A message goes with its session and project:
+        without it the run stops."""
         if beginning and self.task.plan_id is not None:
             return await self._load_step(self.task.plan_id, with_project=with_project)
         async with self.kernel.db.unit_of_work() as session:
