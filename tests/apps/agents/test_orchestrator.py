@@ -476,12 +476,12 @@ async def test_cancelling_a_running_plan_stops_its_tasks(
 
 
 async def _plan_with_step_a_running(
-    http: httpx.AsyncClient, ann: User, setup: Setup, fake: FakeOpenAI
+    http: httpx.AsyncClient, ann: User, setup: Setup, fake: FakeOpenAI, delay: float = 3.0
 ) -> dict[str, Any]:
-    """Send a two-step plan (b needs a) whose step a waits 3 s for the model; its task, once
-    step a's model call has reached the model."""
+    """Send a two-step plan (b needs a) whose step a waits `delay` seconds for the model;
+    its task, once step a's model call has reached the model."""
     fake.reply_json(plan(("a", "researcher", []), ("b", "writer", ["a"])))
-    fake.script("chat", ChatReply(content="cut short", delay=3.0))
+    fake.script("chat", ChatReply(content="cut short", delay=delay))
     root: dict[str, Any] = (await _send(http, ann, setup))["task"]
 
     async def a_running() -> None:
@@ -505,7 +505,7 @@ async def test_an_agent_is_busy_while_its_step_runs_and_a_plan_reads_its_context
         value: str = response.json()["status"]
         return value
 
-    root = await _plan_with_step_a_running(http, ann, setup, fake_openai)
+    root = await _plan_with_step_a_running(http, ann, setup, fake_openai, delay=1.0)
     # Claimed, so busy; the writer's step b waits for a and its agent is not working.
     assert (await status("researcher"), await status("writer")) == ("busy", "ready")
     contexts = runtime_of(chat_app.state.kernel).plan_contexts
