@@ -102,10 +102,10 @@ def _script_for(_table_count: int) -> str:
     return ";\n".join(["BEGIN", *deletes, "COMMIT;"])
 
 
-def _empty_sqlite(path: str) -> None:
+def _empty_sqlite(path: str, timeout: float) -> None:
     # The standard library's own connection, not the app's engine: one call for the whole
     # script (through aiosqlite each statement is several thread hops; 26 ms a test).
-    with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection:
+    with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as connection:
         connection.executescript(_emptying_script())
 
 
@@ -122,15 +122,16 @@ async def empty_tables(settings: Settings) -> None:
     if url.get_backend_name() == "sqlite":
         assert url.database is not None
         try:
-            _empty_sqlite(url.database)
+            _empty_sqlite(url.database, timeout=0.5)
         except sqlite3.OperationalError as error:
             # An app a test built and let go may still hold a SQLite connection, and with
             # it the write lock, until it is collected ("database is locked", seen in full
-            # runs only): collect it and try once more.
+            # runs only: a connection whose reset was cancelled at the app's shutdown).
+            # Waiting does not free it; collecting does, so the first try is short.
             if "locked" not in str(error):
                 raise
             gc.collect()
-            _empty_sqlite(url.database)
+            _empty_sqlite(url.database, timeout=10)
     else:
         plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
         await _empty_postgresql(plain)
