@@ -281,6 +281,9 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
     public_url: str | None = None
     apps: Annotated[list[str] | None, NoDecode] = None
+    # At shutdown, how long the background loops (event relay and consumers, scheduled
+    # jobs) get to finish the unit of work in hand before they are cancelled.
+    shutdown_grace_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
 
     database_url: str | None = None
     database_pool_size: PositiveInt = 10

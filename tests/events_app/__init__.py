@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,10 @@ from veche.kernel.events import ConsumerContext, Event, consumer
 
 # Notes whose entries the auditor refuses, until a test lets them through.
 FAILING_NOTES: set[str] = set()
+# Notes whose entries the auditor holds until a test sets their gate; the notes of the
+# entries it has started to audit or refused, in order.
+GATES: dict[str, asyncio.Event] = {}
+SEEN_NOTES: list[str] = []
 
 
 class EntryRecorded(BaseModel):
@@ -39,6 +44,9 @@ class AuditorRefused(RuntimeError):
 @consumer("ledger.entry.recorded", name="ledger-auditor")
 async def audit_entry(event: Event, context: ConsumerContext) -> None:
     entry = event.parse(EntryRecorded)
+    SEEN_NOTES.append(entry.note)
+    if entry.note in GATES:
+        await GATES[entry.note].wait()
     if entry.note in FAILING_NOTES:
         raise AuditorRefused(f"refusing entry {entry.note!r}")
     record(

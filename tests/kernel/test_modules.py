@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -576,3 +577,52 @@ async def test_concurrent_claims_have_exactly_one_winner(kernel: Kernel) -> None
         assert won.count(True) == 1
         assert row is not None
         assert row.holder == holders[won.index(True)]
+
+
+async def test_a_stop_lets_a_tick_in_progress_finish_and_ends_the_waits_at_once(
+    kernel: Kernel,
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+    finished: list[str] = []
+
+    async def slow(_kernel: Kernel) -> None:
+        entered.set()
+        await release.wait()
+        finished.append("slow")
+
+    async def hourly(_kernel: Kernel) -> None:
+        finished.append("hourly")
+
+    busy = ScheduledJob(name="busy", interval=dt.timedelta(hours=1), run=slow)
+    idle = ScheduledJob(name="idle", interval=dt.timedelta(hours=1), run=hourly, at_startup=False)
+    scheduler = Scheduler(kernel, [busy, idle])
+    scheduler.start()
+    await asyncio.wait_for(entered.wait(), 5)
+
+    stopping = asyncio.create_task(scheduler.stop())
+    await asyncio.sleep(0.2)
+    assert not stopping.done()  # the tick in progress is not cut short
+    release.set()
+    # The idle job's hour-long wait ends with the stop.
+    await asyncio.wait_for(stopping, 5)
+    assert finished == ["slow"]
+
+
+async def test_a_tick_past_the_shutdown_grace_is_cancelled(
+    app_factory: Callable[..., Any], settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def stuck(_kernel: Kernel) -> None:
+        await asyncio.Event().wait()  # never set
+
+    job = ScheduledJob(name="stuck", interval=MINUTE, run=stuck)
+    app = await app_factory(settings.model_copy(update={"shutdown_grace_seconds": 0.2}))
+    kernel: Kernel = app.state.kernel
+    scheduler = Scheduler(kernel, [job])
+    scheduler.start()
+    await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(scheduler.stop(), 5)
+
+    logged = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+    [warning] = [entry for entry in logged if entry["event"] == "stop_grace_exceeded"]
+    assert warning["cancelled"] == ["job:stuck"]

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from veche.kernel.db import Base, Database, utcnow
+from veche.kernel.stopping import StopSignal, finish
 
 if TYPE_CHECKING:
     from veche.kernel.runtime import Kernel
@@ -80,17 +81,19 @@ class Scheduler:
         self.kernel = kernel
         self.jobs = jobs
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = StopSignal()
 
     def start(self) -> None:
+        self._stop = StopSignal()
         for job in self.jobs:
             self._tasks.append(asyncio.create_task(self._loop(job), name=f"job:{job.name}"))
 
     async def _loop(self, job: ScheduledJob) -> None:
         if not job.at_startup:
-            await asyncio.sleep(job.interval.total_seconds())
-        while True:
+            await self._stop.pause(job.interval.total_seconds())
+        while not self._stop.requested:
             await self.run_once(job)
-            await asyncio.sleep(job.interval.total_seconds())
+            await self._stop.pause(job.interval.total_seconds())
 
     async def run_once(self, job: ScheduledJob) -> bool:
         """Run one tick of the job if this process wins its lease; True if it ran."""
@@ -105,9 +108,9 @@ class Scheduler:
         return True
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        """End the jobs' loops: a tick in progress finishes first, within the shutdown grace."""
+        grace = self.kernel.settings.shutdown_grace_seconds
+        await finish(self._stop, self._tasks, grace, "scheduled jobs")
         self._tasks.clear()
 
 

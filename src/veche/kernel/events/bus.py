@@ -20,6 +20,7 @@ from veche.kernel.events.models import OutboxEvent
 from veche.kernel.events.outbox import REGISTRY_KEY, EventRegistry
 from veche.kernel.events.retention import prune_job
 from veche.kernel.jobs import ScheduledJob, Scheduler
+from veche.kernel.stopping import StopSignal, finish
 from veche.settings import Settings
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class EventBus:
         self._relay: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._scheduler: Scheduler | None = None
+        self._stop = StopSignal()
         db.sessions.configure(info={REGISTRY_KEY: self.registry})
 
     def install(self, modules: Sequence[AppModule]) -> None:
@@ -87,6 +89,7 @@ class EventBus:
         nothing."""
         if self._relay is not None or not (self.registry.types or self.consumers):
             return
+        self._stop = StopSignal()
         self._relay = asyncio.create_task(self._relay_loop(), name="events:relay")
         if not consume:
             return
@@ -95,20 +98,21 @@ class EventBus:
         for declared in self.consumers.values():
             self._tasks.append(
                 asyncio.create_task(
-                    self.backend.run_consumer(kernel, declared), name=f"events:{declared.name}"
+                    self.backend.run_consumer(kernel, declared, self._stop),
+                    name=f"events:{declared.name}",
                 )
             )
 
     async def stop(self) -> None:
         """Stop consuming and pruning, publish what is still in the outbox, close the
-        backend."""
+        backend. A consumer's batch in hand and a relay batch in hand finish first,
+        within the shutdown grace; a handler waiting to retry stops waiting (its event
+        stays unacknowledged, delivered again at the next start)."""
         if self._scheduler is not None:
             await self._scheduler.stop()
             self._scheduler = None
         tasks = [*self._tasks, *([self._relay] if self._relay is not None else [])]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await finish(self._stop, tasks, self.settings.shutdown_grace_seconds, "events")
         if self._relay is not None:
             with contextlib.suppress(Exception):
                 while await self.relay_once():
@@ -119,18 +123,15 @@ class EventBus:
 
     async def _relay_loop(self) -> None:
         interval = self.settings.events.poll_interval_seconds
-        while True:
+        while not self._stop.requested:
             self._wakeup.clear()
             try:
                 published = await self.relay_once()
             except Exception:
                 log.exception("event_relay_failed")
                 published = 0
-            if published >= self.settings.events.batch_size:
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval):
-                    await self._wakeup.wait()
+            if published < self.settings.events.batch_size:
+                await self._stop.pause(interval, self._wakeup)
 
     async def relay_once(self) -> int:
         """Publish one batch of committed, unsent outbox rows; how many were sent.

@@ -30,6 +30,7 @@ from veche.kernel.db import utcnow
 from veche.kernel.events import metrics
 from veche.kernel.events.envelope import EVENT_TYPE, Event
 from veche.kernel.events.models import DeadLetter, ProcessedEvent
+from veche.kernel.stopping import StopSignal
 from veche.settings import EventsSettings
 
 if TYPE_CHECKING:
@@ -86,6 +87,12 @@ def retry_delay(settings: EventsSettings, attempt: int) -> float:
 
 class StaleBatch(Exception):
     """The consumer's position moved under a batch (a rewind): drop it and read again."""
+
+
+class DeliveryStopped(Exception):
+    """A stop was requested between two events delivered one by one, or while a handler
+    waited to retry: the events left stay unhandled and unacknowledged, delivered again
+    at the next start."""
 
 
 class Failure(Exception):
@@ -239,10 +246,12 @@ async def deliver(
     event: Event,
     also: Callable[[AsyncSession], Awaitable[None]] | None = None,
     waiting: Callable[[], Awaitable[None]] | None = None,
+    stop: StopSignal | None = None,
 ) -> bool:
     """Handle the event, retrying with backoff; dead-letter it after the last attempt.
     True if it was handled (or had been), False if it was dead-lettered. `waiting` runs
-    before each backoff sleep (NATS: tell the server the message is still in progress)."""
+    before each backoff sleep (NATS: tell the server the message is still in progress).
+    A stop requested during a backoff ends it: raises `DeliveryStopped`."""
     settings = kernel.settings.events
     for attempt in range(1, settings.max_attempts + 1):
         try:
@@ -264,7 +273,13 @@ async def deliver(
                 return False
             if waiting is not None:
                 await waiting()
-            await asyncio.sleep(retry_delay(settings, attempt))
+            delay = retry_delay(settings, attempt)
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                await stop.pause(delay)
+                if stop.requested:
+                    raise DeliveryStopped(handler.name) from failure.error
         else:
             return True
     return False  # pragma: no cover - the loop always returns

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.kernel.events.consumers import Consumer
 from veche.kernel.events.models import OutboxEvent
+from veche.kernel.stopping import StopSignal
 
 if TYPE_CHECKING:
     from veche.kernel.runtime import Kernel
@@ -27,8 +28,9 @@ class Backend(Protocol):
         """Called after a relay batch committed: wake the local consumers of those event
         types (all of them when None)."""
 
-    async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
-        """Deliver events to the consumer until cancelled."""
+    async def run_consumer(self, kernel: Kernel, consumer: Consumer, stop: StopSignal) -> None:
+        """Deliver events to the consumer until `stop` is requested, then return after the
+        batch in hand (a handler waiting to retry stops waiting)."""
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
         """Published events the consumer has not handled yet."""

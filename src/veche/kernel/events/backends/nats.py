@@ -31,11 +31,12 @@ from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.kernel.events import metrics
-from veche.kernel.events.consumers import Consumer, deliver, handle_batch
+from veche.kernel.events.consumers import Consumer, DeliveryStopped, deliver, handle_batch
 from veche.kernel.events.envelope import Event, app_of
 from veche.kernel.events.models import OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
 from veche.kernel.events.uuids import uuid7_floor
+from veche.kernel.stopping import StopSignal
 
 if TYPE_CHECKING:
     from veche.kernel.runtime import Kernel
@@ -189,36 +190,48 @@ class NatsBackend:
             config["opt_start_time"] = since
         await js.add_consumer(stream, ConsumerConfig(**config))
 
-    async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
+    async def run_consumer(self, kernel: Kernel, consumer: Consumer, stop: StopSignal) -> None:
         by_stream = await self._streams_of(consumer)
-        await asyncio.gather(
-            *(
-                self._consume(kernel, consumer, stream, subjects)
-                for stream, subjects in by_stream.items()
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.gather(
+                *(
+                    self._consume(kernel, consumer, stream, subjects, stop, stopping)
+                    for stream, subjects in by_stream.items()
+                )
             )
-        )
+        finally:
+            stopping.cancel()
 
     async def _consume(
-        self, kernel: Kernel, consumer: Consumer, stream: str, subjects: list[str]
+        self,
+        kernel: Kernel,
+        consumer: Consumer,
+        stream: str,
+        subjects: list[str],
+        stop: StopSignal,
+        stopping: asyncio.Future[None],
     ) -> None:
         settings = kernel.settings.events
-        while True:
+        while not stop.requested:
             try:
                 await self._ensure_consumer(kernel, consumer, stream, subjects)
                 js = await self.jetstream()
                 subscription = await js.pull_subscribe_bind(self.durable_name(consumer), stream)
                 try:
-                    while True:
-                        try:
-                            messages = await subscription.fetch(
-                                settings.batch_size, timeout=settings.poll_interval_seconds
-                            )
-                        except TimeoutError:
+                    while not stop.requested:
+                        messages = await _fetch(
+                            subscription,
+                            settings.batch_size,
+                            settings.poll_interval_seconds,
+                            stopping,
+                        )
+                        if messages is None:
                             metrics.LAG.labels(consumer.name).set(0)  # nothing pending
                             continue
                         if not messages:  # the pull ended with a status, no message (seen
-                            continue  # under load): ask again at once
-                        await self._handle_batch(kernel, consumer, messages)
+                            continue  # under load), or a stop came first
+                        await self._handle_batch(kernel, consumer, messages, stop)
                         # What the stream still holds for it (of this stream, when it
                         # reads several; the admin API sums them exactly).
                         pending = messages[-1].metadata.num_pending or 0
@@ -229,12 +242,14 @@ class NatsBackend:
                         await subscription.unsubscribe()
             except asyncio.CancelledError:
                 raise
+            except DeliveryStopped:
+                return
             except Exception:
                 log.exception("event_consumer_failed", consumer=consumer.name, stream=stream)
-                await asyncio.sleep(settings.poll_interval_seconds)
+                await stop.pause(settings.poll_interval_seconds)
 
     async def _handle_batch(
-        self, kernel: Kernel, consumer: Consumer, messages: Sequence[Msg]
+        self, kernel: Kernel, consumer: Consumer, messages: Sequence[Msg], stop: StopSignal
     ) -> None:
         readable: list[tuple[Msg, Event]] = []
         for message in messages:
@@ -262,7 +277,16 @@ class NatsBackend:
                 for pending, _ in waiting:
                     await pending.in_progress()
 
-            await deliver(kernel, consumer, event, waiting=still_working)
+            try:
+                if stop.requested:
+                    raise DeliveryStopped(consumer.name)
+                await deliver(kernel, consumer, event, waiting=still_working, stop=stop)
+            except DeliveryStopped:
+                # Back to the server at once, for another worker or the next start.
+                for pending, _ in waiting:
+                    with contextlib.suppress(Exception):
+                        await pending.nak()
+                raise
             await message.ack()
 
     async def lag(self, kernel: Kernel, consumer: Consumer) -> int:
@@ -303,3 +327,26 @@ class NatsBackend:
         self._client = None
         self._js = None
         self._streams.clear()
+
+
+async def _fetch(
+    subscription: JetStreamContext.PullSubscription,
+    batch: int,
+    wait_seconds: float,
+    stopping: asyncio.Future[None],
+) -> list[Msg] | None:
+    """Up to `batch` messages; None when none came within `wait_seconds`, an empty list
+    when the pull ended without any or a stop was requested first. A batch that arrives
+    with the stop is still returned, to be handled before the loop ends."""
+    fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=wait_seconds))
+    racing: list[asyncio.Future[Any]] = [fetch, stopping]
+    await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    if not fetch.done():
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await fetch
+        return []
+    try:
+        return fetch.result()
+    except TimeoutError:
+        return None

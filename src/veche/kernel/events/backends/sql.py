@@ -9,7 +9,6 @@ Each consumer runs in one process at a time, held by a lease.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING
@@ -20,12 +19,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.kernel.db import utcnow
 from veche.kernel.events import metrics
-from veche.kernel.events.consumers import Consumer, StaleBatch, deliver, handle_batch
+from veche.kernel.events.consumers import (
+    Consumer,
+    DeliveryStopped,
+    StaleBatch,
+    deliver,
+    handle_batch,
+)
 from veche.kernel.events.models import ConsumerOffset, OutboxEvent, ProcessedEvent
 from veche.kernel.events.outbox import envelope_of
 from veche.kernel.events.retention import outbox_cutoff
 from veche.kernel.events.uuids import uuid7_floor
 from veche.kernel.jobs import acquire_lease
+from veche.kernel.stopping import StopSignal
 
 if TYPE_CHECKING:
     from veche.kernel.runtime import Kernel
@@ -56,23 +62,25 @@ class SqlBackend:
             if types is None or not reads.isdisjoint(types):
                 wakeup.set()
 
-    async def run_consumer(self, kernel: Kernel, consumer: Consumer) -> None:
+    async def run_consumer(self, kernel: Kernel, consumer: Consumer, stop: StopSignal) -> None:
         settings = kernel.settings.events
         lease_name, lease_until = f"events:{consumer.name}", dt.datetime.min.replace(tzinfo=dt.UTC)
         wakeup, _types = self._wakeups.setdefault(
             consumer.name, (asyncio.Event(), frozenset(consumer.event_types))
         )
-        while True:
+        while not stop.requested:
             wakeup.clear()
             now = dt.datetime.now(dt.UTC)
             if now >= lease_until:
                 if await acquire_lease(kernel.db, lease_name, LEASE_TTL):
                     lease_until = now + LEASE_TTL / 3
                 else:
-                    await asyncio.sleep(settings.poll_interval_seconds)
+                    await stop.pause(settings.poll_interval_seconds)
                     continue
             try:
-                handled, caught_up = await self._next_batch(kernel, consumer)
+                handled, caught_up = await self._next_batch(kernel, consumer, stop)
+            except DeliveryStopped:
+                return
             except Exception:
                 log.exception("event_consumer_batch_failed", consumer=consumer.name)
                 handled, caught_up = 0, False
@@ -81,9 +89,7 @@ class SqlBackend:
             lag = 0 if caught_up else await self.lag(kernel, consumer)
             metrics.LAG.labels(consumer.name).set(lag)
             if handled < settings.batch_size:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(settings.poll_interval_seconds):
-                        await wakeup.wait()
+                await stop.pause(settings.poll_interval_seconds, wakeup)
 
     def _scan_from(self, consumer: Consumer, offset: int) -> int:
         """Where to look from: past what this process already looked through, unless the
@@ -91,7 +97,9 @@ class SqlBackend:
         seen_offset, horizon = self._scanned.get(consumer.name, (-1, 0))
         return max(offset, horizon) if seen_offset == offset else offset
 
-    async def _next_batch(self, kernel: Kernel, consumer: Consumer) -> tuple[int, bool]:
+    async def _next_batch(
+        self, kernel: Kernel, consumer: Consumer, stop: StopSignal
+    ) -> tuple[int, bool]:
         """Handle the next batch of the consumer's events: (how many, whether it read
         through to the newest event of the log)."""
         batch_size = kernel.settings.events.batch_size
@@ -125,7 +133,11 @@ class SqlBackend:
             ):
                 previous = offset
                 for position, event in zip(positions, events, strict=True):
-                    await deliver(kernel, consumer, event, _advance(consumer, previous, position))
+                    if stop.requested:
+                        raise DeliveryStopped(consumer.name)
+                    await deliver(
+                        kernel, consumer, event, _advance(consumer, previous, position), stop=stop
+                    )
                     previous = position
         except StaleBatch:
             # Rewound meanwhile: what this batch did is rolled back; read from the new offset.
