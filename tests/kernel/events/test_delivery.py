@@ -217,6 +217,54 @@ async def test_a_commit_wakes_the_relay_and_consumers_without_polling(
     await eventually(delivered)
 
 
+async def test_on_sqlite_the_log_takes_rows_in_emit_order_as_they_commit(
+    ledger_app: StartApp, events_settings: Settings
+) -> None:
+    """The embedded log on SQLite: each row's INSERT gives it the next position, so the
+    events of one transaction are consecutive and published at their commit, with no
+    relay transaction (the relay would set `published_at` to its own time)."""
+    kernel: Kernel = (await ledger_app()).state.kernel
+    if kernel.events.external or kernel.db.dialect != "sqlite":
+        pytest.skip("positions at emit are the embedded log's on SQLite")
+    assert kernel.events.registry.positions_at_emit
+    async with kernel.db.unit_of_work() as session:
+        first = await emit(session, "ledger.entry.recorded", EntryRecorded(amount=1))
+        second = await emit(session, "ledger.entry.voided", EntryVoided(entry_id="e"))
+        third = await emit(session, "ledger.entry.recorded", EntryRecorded(amount=3))
+    later = await emit_entry(kernel, 4)
+    async with kernel.db.sessions() as session:
+        rows = (await session.scalars(select(OutboxEvent).order_by(OutboxEvent.log_position))).all()
+    assert [row.id for row in rows] == [first.id, second.id, third.id, later.id]
+    assert [row.log_position for row in rows] == [1, 2, 3, 4]
+    assert [row.published_at for row in rows] == [first.time, second.time, third.time, later.time]
+
+    async def journaled() -> bool:
+        return await handled_count(kernel, JOURNAL, later.id) == 1
+
+    await eventually(journaled)
+
+
+async def test_the_relay_publishes_rows_written_without_a_position(ledger_app: StartApp) -> None:
+    """How the embedded log works on PostgreSQL, whose writers run concurrently: rows are
+    written without a position and the relay numbers them in commit order. Here on any
+    database, with positions at emit turned off."""
+    kernel: Kernel = (await ledger_app()).state.kernel
+    if kernel.events.external:
+        pytest.skip("the embedded log's relay")
+    kernel.events.registry.positions_at_emit = False
+    events = [await emit_entry(kernel, amount) for amount in (1, 2, 3)]
+
+    async def delivered() -> bool:
+        counts = [await handled_count(kernel, AUDITED, event.id) for event in events]
+        return counts == [1, 1, 1]
+
+    await eventually(delivered)
+    async with kernel.db.sessions() as session:
+        rows = (await session.scalars(select(OutboxEvent).order_by(OutboxEvent.log_position))).all()
+    assert [row.id for row in rows] == [event.id for event in events]
+    assert all(row.published_at is not None for row in rows)
+
+
 async def test_event_metrics_are_exported(ledger_app: StartApp) -> None:
     app = await ledger_app()
     kernel: Kernel = app.state.kernel

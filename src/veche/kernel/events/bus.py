@@ -38,9 +38,12 @@ class EventBus:
         self.settings = settings
         self.db = db
         self.registry = EventRegistry()
-        self.registry.on_commit = self.wake
+        self.registry.on_commit = self._committed
         self.consumers: dict[str, Consumer] = {}
         self.backend: Backend = create_backend(settings.events_url, settings.events.stream_prefix)
+        # SQLite's one writer orders emitting transactions: their rows take log positions
+        # as they are written, and no relay transaction is needed (docs/events.md).
+        self.registry.positions_at_emit = not self.external and db.dialect == "sqlite"
         self._wakeup = asyncio.Event()
         self._relay: asyncio.Task[None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -63,7 +66,17 @@ class EventBus:
         return self.consumers.get(name)
 
     def wake(self) -> None:
+        """Run the relay now."""
         self._wakeup.set()
+
+    def _committed(self, types: list[str]) -> None:
+        """A transaction that emitted events of these types committed."""
+        if not self.registry.positions_at_emit:
+            self._wakeup.set()
+            return
+        for event_type in types:
+            metrics.PUBLISHED.labels(event_type).inc()
+        self.backend.published(types)
 
     @property
     def external(self) -> bool:

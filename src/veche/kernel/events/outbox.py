@@ -4,6 +4,11 @@ The event row commits or rolls back with the change it describes, so an event ex
 exactly when its change does. Emitting marks the session; when that session commits,
 the relay of the process is woken to publish at once (polling is only the fallback for
 events committed by other processes).
+
+On SQLite with the embedded log there is no relay step: the row's own INSERT gives it
+the next log position. SQLite has one writer, held from a transaction's first write to
+its commit, so positions handed out under it follow commit order, which is what the
+relay would give. The commit then wakes the consumers directly.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import event as orm_event
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
@@ -33,11 +39,14 @@ _EMITTED_KEY = "veche.events.emitted"
 
 
 class EventRegistry:
-    """The event types the mounted apps declare, and who to wake after a commit."""
+    """The event types the mounted apps declare, and who to wake after a commit (given
+    the types of the events it committed)."""
 
     def __init__(self) -> None:
         self.types: dict[str, type[BaseModel]] = {}
-        self.on_commit: Callable[[], None] = lambda: None
+        self.on_commit: Callable[[list[str]], None] = lambda _types: None
+        # Emitted rows take their log position in their own INSERT (module docstring).
+        self.positions_at_emit = False
 
     def declare(self, app: str, events: Mapping[str, type[BaseModel]]) -> None:
         for event_type, model in events.items():
@@ -100,13 +109,23 @@ async def emit(
     Raises `UndeclaredEvent` or `InvalidEventPayload` (both `EventError`) when the type
     is not declared by a mounted app or the payload does not fit its model. Never commits.
     """
-    event = registry_of(session).build(event_type, payload, subject=subject, actor_id=actor_id)
-    # Not flushed here: the rows of a unit of work go to the database together, in one
-    # multi-row INSERT, when it flushes or commits.
-    session.add(outbox_row(event))
-    session.info[_EMITTED_KEY] = True
+    registry = registry_of(session)
+    event = registry.build(event_type, payload, subject=subject, actor_id=actor_id)
+    row = outbox_row(event)
+    if registry.positions_at_emit:
+        # Evaluated by the row's INSERT, under SQLite's one writer: one INSERT per such
+        # row, so two events of one transaction take consecutive positions.
+        row.log_position = _NEXT_POSITION
+        row.published_at = event.time
+    # Not flushed here: the rows of a unit of work go to the database together when it
+    # flushes or commits.
+    session.add(row)
+    session.info.setdefault(_EMITTED_KEY, []).append(event.type)
     metrics.EMITTED.labels(event.type).inc()
     return event
+
+
+_NEXT_POSITION = select(func.coalesce(func.max(OutboxEvent.log_position), 0) + 1).scalar_subquery()
 
 
 def outbox_row(event: Event) -> OutboxEvent:
@@ -137,10 +156,11 @@ def envelope_of(row: OutboxEvent) -> Event:
 
 @orm_event.listens_for(Session, "after_commit")
 def _wake_relay(session: Session) -> None:
-    if session.info.pop(_EMITTED_KEY, False):
+    types = session.info.pop(_EMITTED_KEY, None)
+    if types:
         registry = session.info.get(REGISTRY_KEY)
         if isinstance(registry, EventRegistry):
-            registry.on_commit()
+            registry.on_commit(types)
 
 
 @orm_event.listens_for(Session, "after_rollback")
