@@ -177,6 +177,12 @@ class AgentMemory:
             raise ProjectNotFound(f"You have no project {project_id}")
         if vector is None:
             vector = await self.embed_interaction(request, response)
+        queries = MemoryQueries(db, user_id)
+        # Read, and the vector stored, before this call's first write: a transaction that
+        # has not written yet (a run's end) holds no writer for them on SQLite. The new
+        # entry will be the newest, so those beyond `limit` with it are those beyond
+        # `limit - 1` now.
+        beyond = await queries.ids_beyond(agent_id, project_id, limit - 1)
         entry = MemoryEntry(
             id=new_id(),
             user_id=user_id,
@@ -189,14 +195,12 @@ class AgentMemory:
             size_bytes=len(request.encode()) + len(response.encode()),
             created_at=utcnow(),
         )
-        db.add(entry)
-        await db.flush()
         store = await self.ai.vectors()
         await store.upsert([self._record(entry, vector)])
         record_filter = VectorFilter(app=VECTOR_APP, user_id=user_id, ids=[str(entry.id)])
         self._when(db, rolled_back=lambda: store.delete(record_filter))
-        queries = MemoryQueries(db, user_id)
-        beyond = await queries.ids_beyond(agent_id, project_id, limit)
+        db.add(entry)
+        await db.flush()
         if beyond:
             await queries.delete_entries(beyond)
             self._delete_vectors_after_commit(db, user_id, beyond)
