@@ -1,7 +1,7 @@
 """Local embedding models: throughput, single-text latency and a long passage, on one thread.
 
     .venv/bin/python bench/embeddings.py [--models all-minilm-l6-v2,multilingual-e5-small]
-        [--sentences 64] [--repetitions 3]
+        [--sentences 64] [--repetitions 3] [--callers 5] [--rounds 20]
 
 For each model, through the provider the kernel uses (`local_embedding_provider`, its
 worker thread included) and after one warm-up call that loads the model:
@@ -11,7 +11,12 @@ worker thread included) and after one warm-up call that loads the model:
   tokens each), median sentences/s over `--repetitions` runs;
 - single-text latency: each of the set's 38 queries embedded alone, twice; p50 / p95;
 - a long passage: one text cut by the model to its limit (256 word pieces for MiniLM, 512
-  tokens for e5), median of 3 calls, since cost grows with length.
+  tokens for e5), median of 3 calls, since cost grows with length;
+- concurrent callers: `--callers` tasks each asking for one distinct query at once, as the
+  steps of a plan's wave do, through the kernel's `Embedder` (cache off), which sends what
+  is asked while a call is in flight together in the next call; median wall time of
+  `--rounds` rounds. Its same-run baseline: the same queries asked at once as one provider
+  call each (what every caller did before the embedder shared calls).
 
 Baseline in the same run: the MiniLM tokenizer alone over the same sentences (what any
 model pays before inference), and a float32 matmul with the shape of one 384-d linear layer
@@ -38,6 +43,7 @@ import yaml
 
 from common import RESULTS, ROOT, log
 from veche.kernel.ai.embeddings.base import EmbeddingProvider
+from veche.kernel.ai.embeddings.embedder import Embedder
 from veche.kernel.ai.embeddings.local import (
     LOCAL_EMBEDDING_MODELS,
     MiniLMEmbeddingProvider,
@@ -86,6 +92,8 @@ async def measure_model(
             began = time.perf_counter()
             await provider.embed([query], "query")
             latencies.append((time.perf_counter() - began) * 1000)
+        log(f"{model}: concurrent callers")
+        shared_ms, alone_ms = await concurrent_callers(provider, queries, args)
         log(f"{model}: long passage")
         long_text = " ".join(passages) * 4
         long_ms = []
@@ -101,10 +109,34 @@ async def measure_model(
             "single_p50_ms": round(percentile(latencies, 0.5), 1),
             "single_p95_ms": round(percentile(latencies, 0.95), 1),
             "long_passage_ms": round(statistics.median(long_ms), 0),
+            "callers": args.callers,
+            "callers_shared_calls_ms": round(shared_ms, 1),
+            "callers_one_call_each_ms": round(alone_ms, 1),
             "max_rss_mib_after": round(rss_mib(), 0),
         }
     finally:
         await provider.aclose()
+
+
+async def concurrent_callers(
+    provider: EmbeddingProvider, queries: list[str], args: argparse.Namespace
+) -> tuple[float, float]:
+    """Median ms for `--callers` distinct queries asked at once: through the embedder,
+    then each as its own provider call; the two interleaved round by round."""
+    embedder = Embedder(provider, cache_size=0)
+    shared, alone = [], []
+    for round_number in range(args.rounds):
+        texts = [
+            f"{queries[(round_number * args.callers + caller) % len(queries)]} ({round_number})"
+            for caller in range(args.callers)
+        ]
+        began = time.perf_counter()
+        await asyncio.gather(*(embedder.embed_query(text) for text in texts))
+        shared.append((time.perf_counter() - began) * 1000)
+        began = time.perf_counter()
+        await asyncio.gather(*(provider.embed([text], "query") for text in texts))
+        alone.append((time.perf_counter() - began) * 1000)
+    return statistics.median(shared), statistics.median(alone)
 
 
 def baselines(texts: list[str], repetitions: int) -> dict[str, Any]:
@@ -167,6 +199,12 @@ async def main_async(args: argparse.Namespace) -> None:
         f"- baseline: MiniLM tokenizer alone {baseline['tokenizer_only_per_s']:.0f} sentences/s; "
         f"one 384x384 layer over 32x32 tokens {baseline['matmul_32x32x384x384_per_s']:.0f}/s"
     )
+    for row in rows:
+        print(
+            f"- {row['model']}: {row['callers']} callers at once, one query each: "
+            f"{row['callers_shared_calls_ms']:.1f} ms through the embedder (shared calls), "
+            f"{row['callers_one_call_each_ms']:.1f} ms as one call each (median)"
+        )
     print(f"- load average during the run: {load}")
     log(f"raw results: {out}")
 
@@ -176,6 +214,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(LOCAL_EMBEDDING_MODELS))
     parser.add_argument("--sentences", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--callers", type=int, default=5, help="concurrent callers")
+    parser.add_argument("--rounds", type=int, default=20, help="rounds of concurrent callers")
     asyncio.run(main_async(parser.parse_args()))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 from collections.abc import Sequence
@@ -12,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from veche.kernel.ai.embeddings.base import EmbeddingKind, EmbeddingProvider, Vectors
 from veche.kernel.ai.embeddings.embedder import Embedder
-from veche.kernel.ai.errors import AIError
+from veche.kernel.ai.errors import AIError, ProviderRejected, ProviderUnavailable
 
 _models = itertools.count()
 
@@ -221,3 +222,137 @@ async def test_aclose_closes_the_provider() -> None:
     provider = HashProvider()
     await Embedder(provider).aclose()
     assert provider.closed
+
+
+# -- concurrent callers --------------------------------------------------------------------
+
+
+class HeldProvider(HashProvider):
+    """Holds its first call until `release` is set; refuses texts containing "refused",
+    and answers `unavailable` while that is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.unavailable = False
+
+    async def embed(self, texts: Sequence[str], kind: EmbeddingKind) -> Vectors:
+        first = not self.calls
+        self.calls.append((list(texts), kind))
+        if first:
+            self.started.set()
+            await self.release.wait()
+        if self.unavailable:
+            raise ProviderUnavailable("the embedding service is down")
+        if any("refused" in text for text in texts):
+            raise ProviderRejected("the provider refused the input")
+        return np.vstack([vector(text, kind, self.dimensions) for text in texts])
+
+
+async def _while_the_first_call_is_held(
+    provider: HeldProvider, embedder: Embedder, *asks: Sequence[str]
+) -> list[asyncio.Task[Vectors]]:
+    """Start a first call, held; then ask for each of `asks` concurrently (each a task)."""
+    first = asyncio.create_task(embedder.embed(["first"], "passage"))
+    await provider.started.wait()
+    tasks = [asyncio.create_task(embedder.embed(list(texts), "passage")) for texts in asks]
+    await asyncio.sleep(0)  # every task has asked
+    provider.release.set()
+    await first
+    return tasks
+
+
+async def test_texts_asked_during_a_call_share_the_next_call() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider)
+    tasks = await _while_the_first_call_is_held(provider, embedder, ["b"], ["c", "d"], ["e"])
+    results = await asyncio.gather(*tasks)
+    assert [texts for texts, _ in provider.calls] == [["first"], ["b", "c", "d", "e"]]
+    for result, texts in zip(results, [["b"], ["c", "d"], ["e"]], strict=True):
+        assert result.shape == (len(texts), 8)
+        for row, text in zip(result, texts, strict=True):
+            np.testing.assert_array_equal(row, vector(text, "passage"))
+
+
+async def test_a_shared_call_takes_at_most_batch_size_texts() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider, batch_size=3)
+    tasks = await _while_the_first_call_is_held(
+        provider, embedder, ["b1", "b2"], ["c1", "c2"], ["d"], ["e1", "e2", "e3", "e4"]
+    )
+    await asyncio.gather(*tasks)
+    assert [texts for texts, _ in provider.calls] == [
+        ["first"],
+        ["b1", "b2"],
+        ["c1", "c2", "d"],
+        ["e1", "e2", "e3"],  # a request larger than a batch goes alone, in two calls
+        ["e4"],
+    ]
+
+
+async def test_queries_and_passages_do_not_share_a_call() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider)
+    first = asyncio.create_task(embedder.embed(["first"], "passage"))
+    await provider.started.wait()
+    query = asyncio.create_task(embedder.embed_query("q"))
+    passage = asyncio.create_task(embedder.embed_passages(["p"]))
+    await asyncio.sleep(0)
+    provider.release.set()
+    await asyncio.gather(first, query, passage)
+    assert sorted(provider.calls[1:]) == [(["p"], "passage"), (["q"], "query")]
+    np.testing.assert_array_equal(query.result(), vector("q", "query"))
+
+
+async def test_a_refused_text_fails_only_its_own_caller() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider)
+    refused, fine = await _while_the_first_call_is_held(
+        provider, embedder, ["refused text"], ["fine text"]
+    )
+    with pytest.raises(ProviderRejected):
+        await refused
+    np.testing.assert_array_equal((await fine)[0], vector("fine text", "passage"))
+    # The shared call was refused; each caller's texts went again alone.
+    assert [texts for texts, _ in provider.calls][1:] == [
+        ["refused text", "fine text"],
+        ["refused text"],
+        ["fine text"],
+    ]
+
+
+async def test_an_unavailable_provider_fails_every_caller_of_the_call_once() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider)
+    first = asyncio.create_task(embedder.embed(["first"], "passage"))
+    await provider.started.wait()
+    provider.unavailable = True
+    waiting = [asyncio.create_task(embedder.embed([text], "passage")) for text in ("b", "c")]
+    await asyncio.sleep(0)
+    provider.release.set()
+    for task in [first, *waiting]:
+        with pytest.raises(ProviderUnavailable):
+            await task
+    assert [texts for texts, _ in provider.calls] == [["first"], ["b", "c"]]  # no retries
+    provider.unavailable = False
+    np.testing.assert_array_equal(
+        (await embedder.embed(["b"], "passage"))[0], vector("b", "passage")
+    )
+
+
+async def test_a_cancelled_caller_stops_waiting_and_the_others_are_served() -> None:
+    provider = HeldProvider()
+    embedder = Embedder(provider)
+    first = asyncio.create_task(embedder.embed(["first"], "passage"))
+    await provider.started.wait()
+    gone = asyncio.create_task(embedder.embed(["gone"], "passage"))
+    kept = asyncio.create_task(embedder.embed(["kept"], "passage"))
+    await asyncio.sleep(0)
+    gone.cancel()
+    provider.release.set()
+    await first
+    np.testing.assert_array_equal((await kept)[0], vector("kept", "passage"))
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert provider.sent == ["first", "kept"]  # the cancelled caller's text was not sent

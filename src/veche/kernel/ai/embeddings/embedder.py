@@ -1,17 +1,26 @@
-"""The embedder every caller uses: batches, an LRU cache and metrics over one provider."""
+"""The embedder every caller uses: batches, an LRU cache and metrics over one provider.
+
+Concurrent callers share provider calls. The first text to miss the cache goes to the
+provider at once; texts of the same kind asked for while that call is in flight wait and
+go together in the next call (at most `batch_size` texts a call). The steps of a plan
+that start together then cost one embedding call, not one each. A caller that is
+cancelled stops waiting; the call it joined still serves the others.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from prometheus_client import Counter, Histogram
 
 from veche.kernel.ai.embeddings.base import EmbeddingKind, EmbeddingProvider, Vectors
-from veche.kernel.ai.errors import AIError
+from veche.kernel.ai.errors import AIError, ProviderRejected
 
 TEXTS = Counter(
     "veche_ai_embedding_texts_total",
@@ -30,6 +39,14 @@ SECONDS = Histogram(
 CacheKey = tuple[str, str, bytes]
 
 
+@dataclass(slots=True)
+class _Request:
+    """One caller's texts waiting for the provider, and where their rows go."""
+
+    texts: list[str]
+    rows: asyncio.Future[Vectors]
+
+
 class Embedder:
     """Embeds texts through `provider`, `batch_size` per call, remembering `cache_size`
     vectors (least recently used go first; 0 keeps none)."""
@@ -45,6 +62,9 @@ class Embedder:
         self.batch_size = batch_size
         self.cache_size = cache_size
         self._cache: OrderedDict[CacheKey, Vectors] = OrderedDict()
+        # By kind: the requests waiting for a provider call, and the task making the calls.
+        self._waiting: dict[EmbeddingKind, deque[_Request]] = {}
+        self._senders: dict[EmbeddingKind, asyncio.Task[None]] = {}
 
     @property
     def model(self) -> str:
@@ -81,21 +101,90 @@ class Embedder:
         if missing:
             TEXTS.labels(model=model, cache="miss").inc(len(missing))
 
-        pending = list(missing.items())
-        for start in range(0, len(pending), self.batch_size):
-            batch = pending[start : start + self.batch_size]
+        if missing:
+            vectors = await self._provided([text for text, _ in missing.values()], kind)
+            for (key, (_, positions)), vector in zip(missing.items(), vectors, strict=True):
+                result[positions] = vector
+                self._remember(key, vector)
+        return result
+
+    async def _provided(self, texts: list[str], kind: EmbeddingKind) -> Vectors:
+        """The provider's rows for `texts`, in calls shared with concurrent callers."""
+        loop = asyncio.get_running_loop()
+        request = _Request(texts, loop.create_future())
+        self._waiting.setdefault(kind, deque()).append(request)
+        if kind not in self._senders:
+            self._senders[kind] = loop.create_task(
+                self._send(kind), name=f"embedder:{self.provider.model}:{kind}"
+            )
+        return await request.rows
+
+    async def _send(self, kind: EmbeddingKind) -> None:
+        """Make provider calls while requests of `kind` wait, each call taking the
+        waiting requests in order up to `batch_size` texts (a larger request alone, in
+        several calls)."""
+        waiting = self._waiting[kind]
+        taken: list[_Request] = []
+        try:
+            while waiting:
+                taken = [waiting.popleft()]
+                count = len(taken[0].texts)
+                while waiting and count + len(waiting[0].texts) <= self.batch_size:
+                    count += len(waiting[0].texts)
+                    taken.append(waiting.popleft())
+                taken = [request for request in taken if not request.rows.done()]
+                if taken:
+                    await self._serve(taken, kind)
+        except BaseException:
+            # Cancelled (the loop is closing): nobody may wait on a call that is not made.
+            for request in [*taken, *waiting]:
+                request.rows.cancel()
+            waiting.clear()
+            raise
+        finally:
+            del self._senders[kind]
+
+    async def _serve(self, requests: list[_Request], kind: EmbeddingKind) -> None:
+        try:
+            vectors = await self._call(
+                [text for request in requests for text in request.texts], kind
+            )
+        except ProviderRejected as error:
+            if len(requests) == 1:
+                _fail(requests[0], error)
+                return
+            # The provider refused something in the call: each caller's texts again on
+            # their own, so one caller's input cannot fail another's.
+            for request in requests:
+                await self._serve([request], kind)
+            return
+        except Exception as error:  # unavailable, timed out: the same for every caller
+            for request in requests:
+                _fail(request, error)
+            return
+        start = 0
+        for request in requests:
+            end = start + len(request.texts)
+            if not request.rows.done():
+                request.rows.set_result(vectors[start:end])
+            start = end
+
+    async def _call(self, texts: list[str], kind: EmbeddingKind) -> Vectors:
+        """The provider's rows for `texts`, `batch_size` a call."""
+        model = self.provider.model
+        rows: list[Vectors] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = texts[start : start + self.batch_size]
             began = time.perf_counter()
-            vectors = await self.provider.embed([text for _, (text, _) in batch], kind)
+            vectors = await self.provider.embed(batch, kind)
             SECONDS.labels(model=model).observe(time.perf_counter() - began)
             if vectors.shape != (len(batch), self.provider.dimensions):
                 raise AIError(
                     f"the embedding model returned shape {vectors.shape} for "
                     f"{len(batch)} texts of {self.provider.dimensions} dimensions"
                 )
-            for (key, (_, positions)), vector in zip(batch, vectors, strict=True):
-                result[positions] = vector
-                self._remember(key, vector)
-        return result
+            rows.append(vectors)
+        return rows[0] if len(rows) == 1 else np.vstack(rows)
 
     def _fill_from_cache(
         self, texts: Sequence[str], kind: EmbeddingKind, result: Vectors
@@ -132,6 +221,11 @@ class Embedder:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+
+
+def _fail(request: _Request, error: Exception) -> None:
+    if not request.rows.done():
+        request.rows.set_exception(error)
 
 
 def _check(texts: Sequence[str], kind: EmbeddingKind) -> None:
