@@ -6,7 +6,7 @@ import asyncio
 
 from veche.kernel.db import new_id
 from veche.kernel.identity.models import User
-from veche.kernel.realtime.hub import CLOSED, HEARTBEAT, Connection, Outgoing
+from veche.kernel.realtime.connection import CLOSED, HEARTBEAT, Connection, Outgoing
 
 
 def _connection(queue_size: int = 8) -> Connection:

@@ -25,7 +25,8 @@ from veche.kernel.http import api_router
 from veche.kernel.identity.deps import CurrentUser, bearer_scheme
 from veche.kernel.identity.models import User
 from veche.kernel.ratelimit import rate_limit
-from veche.kernel.realtime.hub import AUTH_REASONS, CLOSED, Connection, Hub, Outgoing
+from veche.kernel.realtime.connection import AUTH_REASONS, CLOSED, Connection, Outgoing
+from veche.kernel.realtime.hub import Hub
 from veche.kernel.realtime.message import Position
 from veche.kernel.realtime.transports.auth import session_check, token_expiry
 from veche.kernel.runtime import Kernel

@@ -20,16 +20,16 @@ import structlog
 from fastapi import WebSocket, WebSocketDisconnect
 
 from veche.kernel.errors import ProblemError, overload
-from veche.kernel.realtime.errors import UserMismatch
-from veche.kernel.realtime.hub import (
+from veche.kernel.realtime.connection import (
     AUTH_REASONS,
     CLOSE_CODES,
     CLOSED,
     HEARTBEAT,
     Connection,
-    Hub,
     Outgoing,
 )
+from veche.kernel.realtime.errors import UserMismatch
+from veche.kernel.realtime.hub import Hub
 from veche.kernel.realtime.message import EVENT_PATTERN, Position
 from veche.kernel.realtime.policy import ReceiveHandler
 from veche.kernel.realtime.transports.auth import Credential, credential, session_check
