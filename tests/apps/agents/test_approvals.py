@@ -27,7 +27,8 @@ from tests.conftest import client_for
 from tests.helpers import assert_problem
 from veche.apps.agents import module as agents_module
 from veche.apps.agents.approval_policy import call_path, needs_confirmation, normalize_pattern
-from veche.apps.agents.approvals import ApprovalService, sweep_approvals
+from veche.apps.agents.approval_sweep import sweep_approvals
+from veche.apps.agents.approvals import ApprovalService
 from veche.apps.agents.models import Approval, ChatSession, Task
 from veche.apps.agents.runtime import runtime_of
 from veche.apps.agents.stream import session_channel

@@ -5,8 +5,8 @@ and standing rules decide; every call leaves an `Approval` row (auto-approved on
 the history is complete. A call that needs the user pauses its task: the row is `pending`
 with a deadline by risk, `APPROVAL_REQUIRED` goes to the session stream, and the task goes
 on once the user confirms or rejects it, a batch or new rule covers it, or the deadline
-passes (`sweep_approvals`). Rows are the record: a pending request and its paused task
-survive a restart because nothing about them lives only in memory. Docs:
+passes (`approval_sweep.sweep_approvals`). Rows are the record: a pending request and its
+paused task survive a restart because nothing about them lives only in memory. Docs:
 docs/agents-approvals.md.
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -47,7 +47,7 @@ from veche.apps.agents.models import (
     Project,
     Task,
 )
-from veche.apps.agents.repository import ApprovalQueries, ApprovalSweepQueries
+from veche.apps.agents.repository import ApprovalQueries
 from veche.apps.agents.stream import EventType, SessionEvents
 from veche.apps.agents.tools.risk import Risk
 from veche.kernel import new_id, utcnow
@@ -562,55 +562,3 @@ class ApprovalService:
         if project is None:
             raise ProjectNotFound(f"You have no project {project_id}")
         return project
-
-
-# -- the sweep ------------------------------------------------------------------------------
-
-
-async def sweep_approvals(
-    db: AsyncSession,
-    *,
-    settings: AgentsSettings,
-    events: SessionEvents,
-    wake: Wake,
-    now: datetime | None = None,
-) -> tuple[int, int]:
-    """Warn about requests close to their deadline (APPROVAL_EXPIRING, once each) and expire
-    the overdue ones, for every user; (warned, expired). The caller commits `db`: events go
-    out and expired requests' tasks are woken only after that commit. Safe to run in several
-    processes at once."""
-    now = now or utcnow()
-    queries = ApprovalSweepQueries(db)
-    warned = 0
-    warn_before = timedelta(seconds=settings.approval_warning_seconds)
-    for approval in await queries.due_warnings(now, warn_before, SWEEP_BATCH):
-        if await queries.mark_warned(approval.id, now):
-            warned += 1
-            events.after_commit(
-                db,
-                approval.user_id,
-                approval.session_id,
-                EventType.APPROVAL_EXPIRING,
-                {
-                    "approval_id": str(approval.id),
-                    "task_id": str(approval.task_id),
-                    "expires_at": approval.expires_at.isoformat(),
-                    "seconds_left": max(0, int((approval.expires_at - now).total_seconds())),
-                },
-            )
-    expired = 0
-    for approval in await queries.overdue(now, SWEEP_BATCH):
-        if await queries.expire(approval.id, TIMED_OUT, now):
-            expired += 1
-            payload = {
-                "approval_id": str(approval.id),
-                "task_id": str(approval.task_id),
-                "status": "expired",
-                "decided_by": "timeout",
-                "reason": TIMED_OUT,
-            }
-            events.after_commit(
-                db, approval.user_id, approval.session_id, EventType.APPROVAL_RESOLVED, payload
-            )
-            wake_after_commit(db, wake, approval.task_id)
-    return warned, expired

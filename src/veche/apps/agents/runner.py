@@ -33,7 +33,7 @@ from uuid import UUID
 import structlog
 
 from veche.apps.agents import bus, health, orchestrator
-from veche.apps.agents.approvals import sweep_approvals
+from veche.apps.agents.approval_sweep import sweep_approvals
 from veche.apps.agents.models import Task
 from veche.apps.agents.plan_run import PlanRun
 from veche.apps.agents.repository import PlanQueries, RunnerQueries
