@@ -66,7 +66,7 @@ from veche.kernel.ai.models import AIUsage
 from veche.kernel.ai.types import Message
 from veche.kernel.db import utcnow
 from veche.kernel.identity.models import User
-from veche.kernel.realtime.hub import CLOSED, Outgoing
+from veche.kernel.realtime.connection import CLOSED, Outgoing
 from veche.migrate import upgrade
 from veche.settings import AgentsSettings, AISettings, Settings
 

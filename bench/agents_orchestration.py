@@ -89,7 +89,7 @@ from veche.apps.agents.stream import session_channel
 from veche.kernel import Kernel, build_app
 from veche.kernel.ai.types import Message
 from veche.kernel.identity.models import User
-from veche.kernel.realtime.hub import CLOSED, Connection, Outgoing
+from veche.kernel.realtime.connection import CLOSED, Connection, Outgoing
 from veche.migrate import upgrade
 from veche.settings import (
     AgentsSettings,

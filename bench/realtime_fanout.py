@@ -315,7 +315,7 @@ async def baseline(args: argparse.Namespace) -> Stats:  # noqa: PLR0915
     from veche.kernel.db import new_id
     from veche.kernel.identity.models import User
     from veche.kernel.realtime import Hub
-    from veche.kernel.realtime.hub import CLOSED, Connection, Outgoing
+    from veche.kernel.realtime.connection import CLOSED, Connection, Outgoing
     from veche.settings import load_settings
 
     stats = Stats("in-process", args.scenario, "hub", args.connections)
