@@ -3,26 +3,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
+from uuid import UUID
 
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from tests.conftest import TEST_EVENTS_URL
 from tests.events_app import EntryNoted, EntryRecorded, EntryVoided
 from tests.kernel.events.conftest import eventually, handled_count
 from veche.kernel import Kernel, utcnow
 from veche.kernel.events import (
+    ConsumerContext,
     DeadLetter,
     Event,
     InvalidEventPayload,
     OutboxEvent,
     UndeclaredEvent,
+    consumer,
     emit,
 )
 from veche.kernel.events.consumers import handle_once
+from veche.kernel.events.models import ProcessedEvent
 from veche.settings import Settings
 
 AUDITED = "ledger.entry.audited"
@@ -393,3 +398,83 @@ async def test_a_consumer_reads_past_other_types_and_again_after_a_rewind(
 
 async def _handled(kernel: Kernel, event_id: object, times: int) -> bool:
     return await handled_count(kernel, AUDITED, event_id) == times  # type: ignore[arg-type]
+
+
+# -- a consumer declared idempotent ---------------------------------------------------------
+
+COUNTED: list[UUID] = []
+
+
+@consumer("ledger.entry.recorded", name="ledger-counter", idempotent=True)
+async def count_entry(event: Event, _context: ConsumerContext) -> None:
+    """Writes nothing: running it twice for an event would change nothing that matters."""
+    if event.parse(EntryRecorded).note.startswith("poison"):
+        raise RuntimeError("the counter refuses poison")
+    COUNTED.append(event.id)
+
+
+@pytest.fixture
+def counting_app(
+    app_factory: Callable[..., Awaitable[FastAPI]], events_settings: Settings, streams: None
+) -> Callable[[], Awaitable[FastAPI]]:
+    from tests.events_app import module as ledger_module
+
+    counting = dataclasses.replace(ledger_module, consumers=[*ledger_module.consumers, count_entry])
+    COUNTED.clear()
+
+    async def start() -> FastAPI:
+        return await app_factory(events_settings, [counting])
+
+    return start
+
+
+async def processed_rows(kernel: Kernel, consumer_name: str) -> int:
+    async with kernel.db.sessions() as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(ProcessedEvent)
+            .where(ProcessedEvent.consumer == consumer_name)
+        )
+    return int(count or 0)
+
+
+async def test_an_idempotent_consumer_keeps_no_processed_rows_and_moves_on(
+    counting_app: Callable[[], Awaitable[FastAPI]],
+) -> None:
+    kernel: Kernel = (await counting_app()).state.kernel
+    events = [await emit_entry(kernel, amount) for amount in (1, 2, 3)]
+    counter = kernel.events.consumers["ledger-counter"]
+
+    async def all_counted_and_audited() -> bool:
+        audited = [await handled_count(kernel, AUDITED, event.id) for event in events]
+        return sorted(COUNTED) == sorted(event.id for event in events) and audited == [1, 1, 1]
+
+    await eventually(all_counted_and_audited)
+
+    async def caught_up() -> bool:
+        return await kernel.events.backend.lag(kernel, counter) == 0
+
+    await eventually(caught_up)  # its offset, or its acknowledgements, moved past them
+    assert sorted(COUNTED) == sorted(event.id for event in events)  # each once
+    assert await processed_rows(kernel, "ledger-counter") == 0
+    assert await processed_rows(kernel, "ledger-auditor") == 3
+
+
+async def test_an_idempotent_consumer_is_retried_and_dead_lettered_like_any_other(
+    counting_app: Callable[[], Awaitable[FastAPI]],
+) -> None:
+    kernel: Kernel = (await counting_app()).state.kernel
+    poison = await emit_entry(kernel, 1, note="poison-count")
+    later = await emit_entry(kernel, 2)
+
+    async def later_counted() -> bool:
+        return later.id in COUNTED
+
+    await eventually(later_counted)
+    async with kernel.db.sessions() as session:
+        letters = (
+            await session.scalars(select(DeadLetter).where(DeadLetter.consumer == "ledger-counter"))
+        ).all()
+    assert [(letter.event_id, letter.attempts) for letter in letters] == [(poison.id, 3)]
+    assert poison.id not in COUNTED
+    assert await processed_rows(kernel, "ledger-counter") == 0

@@ -20,6 +20,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+from uuid import UUID
 
 import structlog
 from sqlalchemy import select
@@ -58,13 +59,23 @@ class Consumer:
     name: str
     event_types: tuple[str, ...]
     handler: Handler
+    # Declared safe to run twice for one event (it writes nothing, or only what is the same
+    # the second time): no processed-event row is kept for it.
+    idempotent: bool = False
 
     async def __call__(self, event: Event, context: ConsumerContext) -> None:
         await self.handler(event, context)
 
 
-def consumer(*event_types: str, name: str) -> Callable[[Handler], Consumer]:
-    """Declare `async def handler(event, context)` as the consumer `name` of these types."""
+def consumer(
+    *event_types: str, name: str, idempotent: bool = False
+) -> Callable[[Handler], Consumer]:
+    """Declare `async def handler(event, context)` as the consumer `name` of these types.
+
+    `idempotent=True` says a second run of the handler for the same event changes nothing
+    (a wake-up, a cache refresh): the kernel then keeps no `event_processed` row for it,
+    two statements fewer a batch and no rows to prune. Its offset or acknowledgement still
+    moves with each batch, so a redelivery stays as rare as for any consumer."""
     if not event_types:
         raise ValueError("a consumer needs at least one event type")
     for event_type in event_types:
@@ -74,7 +85,12 @@ def consumer(*event_types: str, name: str) -> Callable[[Handler], Consumer]:
         raise ValueError(f"{name!r} is not a consumer name (lowercase, digits, '-', '_')")
 
     def declare(handler: Handler) -> Consumer:
-        return Consumer(name=name, event_types=tuple(dict.fromkeys(event_types)), handler=handler)
+        return Consumer(
+            name=name,
+            event_types=tuple(dict.fromkeys(event_types)),
+            handler=handler,
+            idempotent=idempotent,
+        )
 
     return declare
 
@@ -110,15 +126,21 @@ async def handle_once(
     attempt: int,
     also: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> bool:
-    """Run the handler in a unit of work with its processed-event row; False if this
-    consumer had already handled the event. `also` adds work to the same transaction
-    (moving the consumer's offset). Raises `Failure` when the handler fails."""
+    """Run the handler in a unit of work with its processed-event row (none for an
+    idempotent consumer); False if this consumer had already handled the event. `also`
+    adds work to the same transaction (moving the consumer's offset). Raises `Failure`
+    when the handler fails."""
     try:
         async with kernel.db.unit_of_work() as session:
-            done = await session.get(ProcessedEvent, (handler.name, event.id))
+            done = (
+                None
+                if handler.idempotent
+                else await session.get(ProcessedEvent, (handler.name, event.id))
+            )
             if done is None:
-                session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
-                if kernel.db.dialect != "sqlite":
+                if not handler.idempotent:
+                    session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
+                if not handler.idempotent and kernel.db.dialect != "sqlite":
                     # Claimed before the work: another worker's insert of the same row
                     # waits for this transaction's outcome instead of doing the work too.
                     # Not on SQLite, where that insert would hold the one write lock for
@@ -163,22 +185,13 @@ async def handle_batch(
     handled: list[Event] = []
     try:
         async with kernel.db.unit_of_work() as session:
-            ids = [event.id for event in events]
-            done = set(
-                (
-                    await session.scalars(
-                        select(ProcessedEvent.event_id).where(
-                            ProcessedEvent.consumer == handler.name,
-                            ProcessedEvent.event_id.in_(ids),
-                        )
-                    )
-                ).all()
-            )
+            done = set() if handler.idempotent else await _processed(session, handler, events)
             for event in events:
                 if event.id in done:
                     continue
                 done.add(event.id)  # a batch may carry a redelivered duplicate
-                session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
+                if not handler.idempotent:
+                    session.add(ProcessedEvent(consumer=handler.name, event_id=event.id))
                 await handler(event, ConsumerContext(session, kernel, handler.name, 1))
                 handled.append(event)
             await session.flush()
@@ -199,6 +212,19 @@ async def handle_batch(
         metrics.CONSUMED.labels(handler.name, event.type).inc()
         metrics.LATENCY.labels(handler.name).observe(max(0.0, (now - event.time).total_seconds()))
     return True
+
+
+async def _processed(
+    session: AsyncSession, handler: Consumer, events: Sequence[Event]
+) -> set[UUID]:
+    """Which of these events the consumer has handled already."""
+    ids = [event.id for event in events]
+    handled = await session.scalars(
+        select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == handler.name, ProcessedEvent.event_id.in_(ids)
+        )
+    )
+    return set(handled.all())
 
 
 async def record_failure(
