@@ -340,7 +340,11 @@ async def _fetch(
     with the stop is still returned, to be handled before the loop ends."""
     fetch = asyncio.ensure_future(subscription.fetch(batch, timeout=wait_seconds))
     racing: list[asyncio.Future[Any]] = [fetch, stopping]
-    await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        fetch.cancel()  # cut off past the grace: leave no pull behind
+        raise
     if not fetch.done():
         fetch.cancel()
         with contextlib.suppress(asyncio.CancelledError, TimeoutError):
