@@ -203,6 +203,9 @@ def test_invalid_trusted_proxy_is_refused_by_name(monkeypatch: pytest.MonkeyPatc
         ("VECHE_PORT", "70000"),
         ("VECHE_AUTH__ARGON2_MEMORY_KIB", "1024"),
         ("VECHE_LOG_LEVEL", "verbose"),
+        ("VECHE_SHUTDOWN_GRACE_SECONDS", "0"),
+        ("VECHE_SHUTDOWN_GRACE_SECONDS", "61"),
+        ("VECHE_SHUTDOWN_GRACE_SECONDS", "soon"),
     ],
 )
 def test_out_of_range_values_are_refused(
