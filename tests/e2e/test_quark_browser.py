@@ -30,6 +30,10 @@ except ImportError:  # the dev extra is not installed
 CHROMIUM = os.environ.get("VECHE_TEST_CHROMIUM") or shutil.which("chromium")
 PASSWORD = "a long and unguessable passphrase 42"
 TIMEOUT_MS = 10_000
+if async_playwright is not None:
+    # Assertions wait as long as actions: `expect` keeps its own 5 s default otherwise,
+    # which a loaded CI machine exceeded once for a message's round trip.
+    expect.set_options(timeout=TIMEOUT_MS)
 
 pytestmark = pytest.mark.skipif(
     async_playwright is None or CHROMIUM is None,
