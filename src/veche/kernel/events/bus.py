@@ -65,10 +65,6 @@ class EventBus:
     def consumer(self, name: str) -> Consumer | None:
         return self.consumers.get(name)
 
-    def wake(self) -> None:
-        """Run the relay now."""
-        self._wakeup.set()
-
     def _committed(self, types: list[str]) -> None:
         """A transaction that emitted events of these types committed."""
         if not self.registry.positions_at_emit:
