@@ -29,6 +29,18 @@ at once). Overhead = the run's percentile minus the baseline's: routing, validat
 estimate, storing the plan and its 10 steps, the claims, memory, history, answers, events
 and advancing the plan.
 
+That overhead includes what each step's run does as any agent call would (memory recall
+and write, history, storing the answer, its stream events). The planning and scheduling
+part alone is measured on the plan's critical path: walked back from the last step
+through the dependency that ended last (e.g. t1-t6-t10), the seconds its steps ran, each
+from its claim to its end (`started_at`, `finished_at` of the task rows, read after
+`PLAN_COMPLETED`), are taken away from the plan's time, and so is the baseline's median
+planning call. What remains is routing, the planning call's bookkeeping, validation,
+storing the plan, getting each step claimed after its last dependency ended (the plan's
+advance in that step's transaction, the wake-up, the claim), and PLAN_COMPLETED's way to
+the client. It is the conservative side: a step's `finished_at` is taken before its
+answer's transaction, so storing the answer and memory counts as scheduling here.
+
 `--mode bus`: one agent with `concurrency_limit` 20; `--tasks` direct messages (with
 `target_agent`) spread round-robin over `--sessions` sessions (a session runs one message
 at a time, the rest queue), POSTed as fast as `--posters` concurrent clients can. One hub
@@ -72,6 +84,7 @@ from uuid import UUID
 import asyncpg
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import select
 from starlette.requests import Request
 
 from common import PG_URL, RESULTS, ROOT, log
@@ -83,6 +96,7 @@ from tests.fakes.openai_server import ChatReply, Endpoint, FakeOpenAI, Reply
 from tests.helpers import signed_up
 
 from veche.apps.agents import module as agents_module
+from veche.apps.agents.models import Task
 from veche.apps.agents.plan_run import MAX_PLANNING_TOKENS
 from veche.apps.agents.planning import AgentCard, PlanDraft, PlannedTask, planner_messages, waves
 from veche.apps.agents.stream import session_channel
@@ -419,8 +433,19 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 # -- mode plan ------------------------------------------------------------------------------
 
 
-async def one_plan(api: Api, url: str, connection: Connection) -> tuple[float, float]:
-    """POST the request and follow its plan: (seconds to PLAN_CREATED, to PLAN_COMPLETED)."""
+@dataclass(slots=True)
+class PlanTiming:
+    """One plan, from its POST: seconds to PLAN_CREATED and to PLAN_COMPLETED, and the
+    seconds its critical path's steps ran (each from its claim to its end)."""
+
+    created: float
+    completed: float
+    steps_on_path: float
+    path: list[str]
+
+
+async def one_plan(api: Api, url: str, connection: Connection) -> PlanTiming:
+    """POST the request and follow its plan to PLAN_COMPLETED."""
     started = time.perf_counter()
     response = await api.http.post(url, json={"content": REQUEST}, headers=api.headers)
     assert response.status_code == 202, response.text
@@ -445,7 +470,35 @@ async def one_plan(api: Api, url: str, connection: Connection) -> tuple[float, f
             assert payload["status"] == "running", payload  # no approval asked
         elif kind == "PLAN_COMPLETED":
             assert payload["status"] == "completed", payload
-            return created, time.perf_counter() - started
+            completed = time.perf_counter() - started
+            steps, path = await critical_path(api, UUID(plan_id))
+            return PlanTiming(created, completed, steps, path)
+
+
+async def critical_path(api: Api, plan_id: UUID) -> tuple[float, list[str]]:
+    """The plan's critical path, walked back from its last step through the dependency
+    that finished last, and the seconds its steps ran (claim to end, from the task rows:
+    the model call, memory, history and the answer's storing, which a direct agent call
+    does as well). The rest of the plan's time is planning and scheduling."""
+    async with api.kernel.db.unit_of_work() as session:
+        rows = (
+            await session.execute(
+                select(Task.step_key, Task.depends_on, Task.started_at, Task.finished_at).where(
+                    Task.plan_id == plan_id, Task.kind == "step"
+                )
+            )
+        ).all()
+    steps = {row.step_key: row for row in rows}
+    assert len(steps) == PLAN_TASKS, steps.keys()
+    key: str | None = PLAN_WAVES[-1][-1]
+    ran, path = 0.0, []
+    while key is not None:
+        row = steps[key]
+        ran += (row.finished_at - row.started_at).total_seconds()
+        path.append(key)
+        needs = row.depends_on or []
+        key = max(needs, key=lambda need: steps[need].finished_at) if needs else None
+    return ran, path[::-1]
 
 
 async def direct_plan(api: Api, cards: list[AgentCard]) -> tuple[float, float]:
@@ -523,12 +576,7 @@ async def plan_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any
         for _ in range(WARM_UPS):  # first plans load code paths and fill caches
             await one_plan(api, url, connection)
         planning_calls = fake.counters.planning_calls
-        created: list[float] = []
-        completed: list[float] = []
-        for _ in range(args.iterations):
-            to_created, to_completed = await one_plan(api, url, connection)
-            created.append(to_created)
-            completed.append(to_completed)
+        timings = [await one_plan(api, url, connection) for _ in range(args.iterations)]
         assert fake.counters.planning_calls - planning_calls == args.iterations, "a plan was cached"
         api.kernel.realtime.disconnect(connection)
         planned: list[float] = []
@@ -537,8 +585,17 @@ async def plan_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any
             to_planned, to_done = await direct_plan(api, cards)
             planned.append(to_planned)
             direct.append(to_done)
-    run_p, base_p = percentiles(completed), percentiles(direct)
-    created_p, planned_p = percentiles(created), percentiles(planned)
+    run_p = percentiles([timing.completed for timing in timings])
+    base_p = percentiles(direct)
+    created_p = percentiles([timing.created for timing in timings])
+    planned_p = percentiles(planned)
+    # Planning and scheduling: a plan's time beyond its planning call and the runs of its
+    # critical path's steps (the planning call of the same run's baseline, its median).
+    planning_call = statistics.median(planned)
+    orchestration_p = percentiles(
+        [timing.completed - timing.steps_on_path - planning_call for timing in timings]
+    )
+    steps_p = percentiles([timing.steps_on_path for timing in timings])
     return {
         "orchestrated_post_to_plan_completed": run_p,
         "baseline_direct_calls": base_p,
@@ -547,6 +604,9 @@ async def plan_repetition(args: argparse.Namespace, fake: Fake) -> dict[str, Any
         "orchestrated_post_to_plan_created": created_p,
         "baseline_planning_call": planned_p,
         "planning_overhead_p50_ms": round(created_p["p50_ms"] - planned_p["p50_ms"], 2),
+        "planning_and_scheduling": orchestration_p,
+        "critical_path_steps_running": steps_p,
+        "critical_paths": sorted({"-".join(timing.path) for timing in timings}),
     }
 
 
@@ -696,6 +756,10 @@ def plan_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         "planning_call_p50_ms": median_of(rows, "baseline_planning_call", "p50_ms"),
         "plan_created_p50_ms": median_of(rows, "orchestrated_post_to_plan_created", "p50_ms"),
         "planning_overhead_p50_ms": median_of(rows, "planning_overhead_p50_ms"),
+        "planning_and_scheduling_p50_ms": median_of(rows, "planning_and_scheduling", "p50_ms"),
+        "planning_and_scheduling_p95_ms": median_of(rows, "planning_and_scheduling", "p95_ms"),
+        "path_steps_p50_ms": median_of(rows, "critical_path_steps_running", "p50_ms"),
+        "path_steps_p95_ms": median_of(rows, "critical_path_steps_running", "p95_ms"),
     }
     m = medians
     print(
@@ -716,11 +780,23 @@ def plan_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str
         f"| of which to PLAN_CREATED: {m['plan_created_p50_ms']} vs planning call "
         f"{m['planning_call_p50_ms']} | {m['planning_overhead_p50_ms']} | |"
     )
-    verdict = "met" if m["overhead_p50_ms"] < TARGET_PLAN_OVERHEAD_MS else "MISSED"
     print(
-        f"- target (overhead under {TARGET_PLAN_OVERHEAD_MS:.0f} ms per {PLAN_TASKS}-task plan, "
-        f"p50): {verdict}"
+        "| critical path: its steps running, claim to end (3 steps, model calls included) "
+        f"| {m['path_steps_p50_ms']} | {m['path_steps_p95_ms']} |"
     )
+    print(
+        "| planning and scheduling: the rest, less the planning call "
+        f"| {m['planning_and_scheduling_p50_ms']} | {m['planning_and_scheduling_p95_ms']} |"
+    )
+    for name, key in (
+        ("all our overhead", "overhead_p50_ms"),
+        ("planning and scheduling", "planning_and_scheduling_p50_ms"),
+    ):
+        verdict = "met" if m[key] < TARGET_PLAN_OVERHEAD_MS else "MISSED"
+        print(
+            f"- target (under {TARGET_PLAN_OVERHEAD_MS:.0f} ms per {PLAN_TASKS}-task plan, p50), "
+            f"{name}: {verdict}"
+        )
     return medians
 
 

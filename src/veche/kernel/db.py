@@ -35,6 +35,7 @@ from sqlalchemy.types import TypeDecorator, Uuid
 from sqlalchemy.util import await_only
 
 from veche.kernel.errors import ProblemError
+from veche.kernel.sqlite_driver import loop_connector
 from veche.settings import Settings
 
 AnyRow = Row[*tuple[Any, ...]]
@@ -135,16 +136,31 @@ class TimestampMixin:
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
+def _sqlite_pragmas(busy_timeout_ms: int | None) -> Any:
+    """The pragmas of every SQLite connection; `busy_timeout_ms` None leaves the busy
+    timeout to the driver (`sqlite_driver`)."""
+
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+        if busy_timeout_ms is not None:
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     return on_connect
+
+
+def _loop_connections(busy_timeout_ms: int) -> Any:
+    """The engine's connections run their statements on the event loop's thread
+    (`sqlite_driver`), opened with the arguments the dialect made from the URL."""
+    connect = loop_connector(busy_timeout_ms)
+
+    def do_connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+        return dialect.loaded_dbapi.connect(*cargs, async_creator_fn=connect, **cparams)
+
+    return do_connect
 
 
 def create_engine(settings: Settings, url: str | None = None, **options: Any) -> AsyncEngine:
@@ -165,8 +181,9 @@ def create_engine(settings: Settings, url: str | None = None, **options: Any) ->
             **options,
         )
         event.listen(
-            engine.sync_engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms)
+            engine.sync_engine, "do_connect", _loop_connections(settings.sqlite_busy_timeout_ms)
         )
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(None))
         return engine
     return create_async_engine(
         url,

@@ -1,0 +1,157 @@
+"""SQLite statements on the event loop's thread (`veche.kernel.sqlite_driver`): where they
+run, how a write waits for another process's lock, and what is logged when one is slow.
+Each test has a SQLite file of its own, also when the suite runs on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from structlog.testing import capture_logs
+
+from veche.kernel.db import Database
+from veche.kernel.errors import overload
+from veche.kernel.sqlite_driver import SLOW_CALL_SECONDS, LoopConnection, _waits
+from veche.settings import Settings
+
+
+@pytest.fixture
+async def db(settings: Settings, tmp_path: Path) -> AsyncIterator[Database]:
+    quick = settings.model_copy(update={"sqlite_busy_timeout_ms": 1500})
+    database = Database(quick, f"sqlite+aiosqlite:///{tmp_path / 'loop.db'}")
+    async with database.engine.begin() as connection:
+        await connection.exec_driver_sql("CREATE TABLE t (name TEXT NOT NULL)")
+    yield database
+    await database.dispose()
+
+
+async def driver(connection: AsyncConnection) -> LoopConnection:
+    raw = await connection.get_raw_connection()
+    loop_connection = raw.driver_connection
+    assert isinstance(loop_connection, LoopConnection)
+    return loop_connection
+
+
+def other_process_lock(path: Path) -> sqlite3.Connection:
+    """A connection outside this process's engine holding SQLite's write lock, as another
+    process on the same file would."""
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t (name) VALUES ('other')")
+    return other
+
+
+async def ticking(ticks: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        ticks.append(time.perf_counter())
+        await asyncio.sleep(0.01)
+
+
+async def test_statements_run_on_the_event_loops_thread(db: Database) -> None:
+    async with db.engine.connect() as connection:
+        loop_connection = await driver(connection)
+        await loop_connection.create_function("thread_id", 0, threading.get_ident)
+        ran_on = await connection.scalar(text("SELECT thread_id()"))
+        busy_timeout = await connection.scalar(text("PRAGMA busy_timeout"))
+
+    assert ran_on == threading.get_ident()
+    # The connection itself never waits in SQLite's busy handler; the driver keeps the
+    # configured timeout for the thread it waits in.
+    assert busy_timeout == 0
+    assert loop_connection.busy_timeout_ms == 1500
+
+
+async def test_a_write_meeting_another_processs_lock_waits_off_the_loop(
+    db: Database, tmp_path: Path
+) -> None:
+    other = other_process_lock(tmp_path / "loop.db")
+    ticks: list[float] = []
+    stop = asyncio.Event()
+    ticker = asyncio.create_task(ticking(ticks, stop))
+    try:
+        async with db.engine.connect() as connection:
+            write = asyncio.create_task(
+                connection.execute(text("INSERT INTO t (name) VALUES ('ours')"))
+            )
+            await asyncio.sleep(0.3)
+            assert not write.done()  # waiting for the other process's lock
+            waited_ticks = len(ticks)
+            other.commit()
+            await write
+            await connection.commit()
+            busy_timeout = await connection.scalar(text("PRAGMA busy_timeout"))
+            names = (await connection.execute(text("SELECT name FROM t ORDER BY rowid"))).all()
+    finally:
+        stop.set()
+        await ticker
+        other.close()
+
+    assert [row.name for row in names] == ["other", "ours"]
+    # The loop kept running while the write waited (a tick every 10 ms for 0.3 s).
+    assert waited_ticks >= 10
+    assert busy_timeout == 0  # back to no timeout once the wait is over
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_an_overload_and_writes_nothing(
+    db: Database, tmp_path: Path
+) -> None:
+    other = other_process_lock(tmp_path / "loop.db")
+    try:
+        began = time.perf_counter()
+        with pytest.raises(OperationalError) as locked:
+            async with db.unit_of_work() as session:
+                await session.execute(text("INSERT INTO t (name) VALUES ('ours')"))
+        waited = time.perf_counter() - began
+        other.rollback()
+    finally:
+        other.close()
+
+    assert overload(locked.value) is not None
+    assert waited >= 1.0  # the configured 1.5 s, not an immediate failure
+    async with db.unit_of_work() as session:
+        assert (await session.execute(text("SELECT count(*) FROM t"))).scalar() == 0
+
+
+async def test_a_slow_call_on_the_loop_is_logged_without_its_parameters(db: Database) -> None:
+    def pause(_value: str) -> int:
+        time.sleep(SLOW_CALL_SECONDS + 0.02)
+        return 1
+
+    async with db.engine.connect() as connection:
+        await (await driver(connection)).create_function("pause", 1, pause)
+        with capture_logs() as logs:
+            assert await connection.scalar(text("SELECT pause(:secret)"), {"secret": "hunter2"})
+            assert await connection.scalar(text("SELECT 1")) == 1
+
+    slow = [entry for entry in logs if entry["event"] == "sqlite_call_slow"]
+    assert len(slow) == 1
+    assert slow[0]["statement"] == "SELECT pause(?)"
+    assert slow[0]["ms"] >= SLOW_CALL_SECONDS * 1000
+    assert "hunter2" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("code", "waits"),
+    [
+        (sqlite3.SQLITE_BUSY, True),
+        (261, True),  # SQLITE_BUSY_RECOVERY
+        (517, False),  # SQLITE_BUSY_SNAPSHOT: a stale read transaction, waiting cannot help
+        (sqlite3.SQLITE_LOCKED, False),
+        (None, False),
+    ],
+)
+def test_only_busy_errors_a_busy_handler_would_wait_out_are_retried(
+    code: int | None, waits: bool
+) -> None:
+    error = sqlite3.OperationalError("database is locked")
+    if code is not None:
+        error.sqlite_errorcode = code
+    assert _waits(error) is waits
