@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, func, select, text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from structlog.testing import capture_logs
 
 from veche.kernel.db import Database
 from veche.kernel.errors import overload
-from veche.kernel.sqlite_driver import SLOW_CALL_SECONDS, LoopConnection, _waits
+from veche.kernel.sqlite_driver import SLOW_CALL_SECONDS, LoopConnection, is_busy
 from veche.settings import Settings
 
 
@@ -154,4 +154,47 @@ def test_only_busy_errors_a_busy_handler_would_wait_out_are_retried(
     error = sqlite3.OperationalError("database is locked")
     if code is not None:
         error.sqlite_errorcode = code
-    assert _waits(error) is waits
+    assert is_busy(error) is waits
+
+
+# -- single reads outside a unit of work (`Database.read_one`) ------------------------------
+
+
+async def test_a_single_read_runs_on_the_event_loops_thread(db: Database) -> None:
+    reads_engine = db._reads.engine
+    event.listen(
+        reads_engine,
+        "connect",
+        lambda connection, _record: connection.create_function("thread_id", 0, threading.get_ident),
+    )
+    row = await db.read_one(select(func.thread_id()))
+
+    assert row is not None
+    assert row[0] == threading.get_ident()
+
+
+async def test_a_single_read_of_a_locked_file_is_an_overload_at_once(
+    db: Database, tmp_path: Path
+) -> None:
+    """In WAL mode a read meets a lock only when another process holds the file
+    exclusively (or recovers it). The read does not wait on the loop: it is an overload,
+    which the API answers with a 503 to retry."""
+    await db.engine.dispose()  # an exclusive lock needs every other connection closed
+    await db._reads.dispose()
+    other = sqlite3.connect(tmp_path / "loop.db", isolation_level=None)
+    other.execute("PRAGMA locking_mode=EXCLUSIVE")
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        began = time.perf_counter()
+        with pytest.raises(OperationalError) as locked:
+            await db.read_one(text("SELECT count(*) FROM t"))
+        refused_after = time.perf_counter() - began
+        other.execute("COMMIT")
+    finally:
+        other.close()  # closing ends the exclusive hold
+
+    assert overload(locked.value) is not None
+    assert refused_after < 1.0  # not the configured 1.5 s
+    row = await db.read_one(text("SELECT count(*) FROM t"))
+    assert row is not None
+    assert row[0] == 0

@@ -137,16 +137,16 @@ class TimestampMixin:
 
 
 def _sqlite_pragmas(busy_timeout_ms: int | None) -> Any:
-    """The pragmas of every SQLite connection; `busy_timeout_ms` None leaves the busy
-    timeout to the driver (`sqlite_driver`)."""
+    """The pragmas of every SQLite connection; the busy timeout is set last (None: as the
+    connection was opened)."""
 
     def on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
         if busy_timeout_ms is not None:
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     return on_connect
@@ -280,9 +280,14 @@ class _SQLiteWriters:
             lock.release()
 
 
-class _ThreadedSQLiteReads:
-    """Single reads on a synchronous SQLite engine in a worker thread: one thread hop per
-    read, where aiosqlite takes five or six (cursor, execute, fetch, close, commit, reset)."""
+class _SQLiteReads:
+    """Single reads on a synchronous SQLite engine, made on the event loop's thread (a
+    read by key takes microseconds; see `sqlite_driver` for why not a thread).
+
+    Nothing here waits: the connections have no busy timeout. In WAL mode a read meets a
+    lock only while another process holds the file exclusively or recovers it; the read
+    then fails at once with SQLite's "database is locked", which the API answers as a 503
+    to retry (`errors.overload`), instead of holding up the whole process."""
 
     def __init__(self, settings: Settings, url: str) -> None:
         sync_url = make_url(url).set(drivername="sqlite")
@@ -291,16 +296,13 @@ class _ThreadedSQLiteReads:
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
             pool_timeout=settings.database_pool_timeout_seconds,
-            connect_args={"check_same_thread": False},
+            connect_args={"check_same_thread": False, "timeout": 0},
         )
-        event.listen(self.engine, "connect", _sqlite_pragmas(settings.sqlite_busy_timeout_ms))
-
-    def _one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
-        with Session(self.engine) as session:
-            return session.execute(statement, params).one_or_none()
+        event.listen(self.engine, "connect", _sqlite_pragmas(None))
 
     async def one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
-        return await asyncio.to_thread(self._one, statement, params)
+        with Session(self.engine) as session:
+            return session.execute(statement, params).one_or_none()
 
     async def dispose(self) -> None:
         self.engine.dispose()
@@ -336,8 +338,8 @@ class Database:
         if self.engine.dialect.name == "sqlite":
             _SQLiteWriters(self.engine, settings.sqlite_busy_timeout_ms / 1000)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
-        self._reads: _ThreadedSQLiteReads | _AutocommitReads = (
-            _ThreadedSQLiteReads(settings, url)
+        self._reads: _SQLiteReads | _AutocommitReads = (
+            _SQLiteReads(settings, url)
             if self.engine.dialect.name == "sqlite"
             else _AutocommitReads(settings, url)
         )

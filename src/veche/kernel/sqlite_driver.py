@@ -34,7 +34,7 @@ SLOW_CALL_SECONDS = 0.05
 _RETRIED = frozenset({"execute", "executemany", "executescript", "commit"})
 
 
-def _waits(error: sqlite3.OperationalError) -> bool:
+def is_busy(error: sqlite3.OperationalError) -> bool:
     """SQLITE_BUSY and its extended codes that a busy handler waits out. BUSY_SNAPSHOT
     (a read transaction that cannot become a write one) does not pass by waiting."""
     code = getattr(error, "sqlite_errorcode", None)
@@ -59,7 +59,7 @@ class LoopConnection(aiosqlite.Connection):
         try:
             return fn(*args, **kwargs)
         except sqlite3.OperationalError as error:
-            if not _waits(error) or getattr(fn, "__name__", "") not in _RETRIED:
+            if not is_busy(error) or getattr(fn, "__name__", "") not in _RETRIED:
                 raise
         finally:
             took = time.perf_counter() - began
