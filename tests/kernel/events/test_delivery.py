@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,7 @@ from veche.kernel.events import (
 )
 from veche.kernel.events.consumers import handle_once
 from veche.kernel.events.models import ProcessedEvent
-from veche.settings import Settings
+from veche.settings import EventsSettings, Settings
 
 AUDITED = "ledger.entry.audited"
 JOURNAL = "ledger.journal"
@@ -478,3 +479,47 @@ async def test_an_idempotent_consumer_is_retried_and_dead_lettered_like_any_othe
     assert [(letter.event_id, letter.attempts) for letter in letters] == [(poison.id, 3)]
     assert poison.id not in COUNTED
     assert await processed_rows(kernel, "ledger-counter") == 0
+
+
+# -- a consumer not woken by this process's commits -----------------------------------------
+
+POLLED: list[UUID] = []
+
+
+@consumer("ledger.entry.recorded", name="ledger-poller", idempotent=True, wake_on_commit=False)
+async def poll_entry(event: Event, _context: ConsumerContext) -> None:
+    POLLED.append(event.id)
+
+
+@pytest.mark.skipif(bool(TEST_EVENTS_URL), reason="the embedded log's wake-ups (NATS pushes)")
+async def test_a_consumer_not_woken_by_commits_reads_on_its_poll(
+    app_factory: Callable[..., Awaitable[FastAPI]], settings_factory: Callable[..., Settings]
+) -> None:
+    from tests.events_app import module as ledger_module
+
+    polling = dataclasses.replace(ledger_module, consumers=[*ledger_module.consumers, poll_entry])
+    POLLED.clear()
+    slow_poll = settings_factory(events=EventsSettings(poll_interval_seconds=2.0))
+    kernel: Kernel = (await app_factory(slow_poll, [polling])).state.kernel
+
+    first = await emit_entry(kernel, 1)
+
+    async def first_polled() -> bool:
+        return first.id in POLLED
+
+    await eventually(first_polled)  # its first batch at start, or its next poll
+    second = await emit_entry(kernel, 2)
+
+    async def second_audited() -> bool:
+        return await handled_count(kernel, AUDITED, second.id) == 1
+
+    await eventually(second_audited)  # the auditor is woken by the commit
+    await asyncio.sleep(0.3)
+    assert second.id not in POLLED  # the poller waits for its poll, 2 s after its last read
+
+    async def second_polled() -> bool:
+        return second.id in POLLED
+
+    await eventually(second_polled)
+    polled = list(POLLED)
+    assert polled == [first.id, second.id]

@@ -145,11 +145,13 @@ def finished(task: Task, outcome: str) -> None:
         RAN.labels(task.kind).observe((task.finished_at - task.started_at).total_seconds())
 
 
-@consumer(TASK_QUEUED, name="agents-bus", idempotent=True)
+@consumer(TASK_QUEUED, name="agents-bus", idempotent=True, wake_on_commit=False)
 async def wake_runner(event: Event, context: ConsumerContext) -> None:
     """Wake this worker's runner for a task queued anywhere; the runner claims it (or
     another worker's does first: the claim is a conditional update). Idempotent: it writes
-    nothing, and a second wake-up finds the task claimed."""
+    nothing, and a second wake-up finds the task claimed. Not woken by this process's own
+    commits: whatever queues a task here wakes the runner directly, and a batch read in the
+    middle of a plan's wave only took the event loop from its steps."""
     queued = event.parse(TaskQueued)
     if "agents" in context.kernel.apps:
         runtime_of(context.kernel).wake(queued.task_id)

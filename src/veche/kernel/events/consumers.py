@@ -62,20 +62,28 @@ class Consumer:
     # Declared safe to run twice for one event (it writes nothing, or only what is the same
     # the second time): no processed-event row is kept for it.
     idempotent: bool = False
+    # False: this process's commits do not wake it on the embedded log; it reads on its poll.
+    wake_on_commit: bool = True
 
     async def __call__(self, event: Event, context: ConsumerContext) -> None:
         await self.handler(event, context)
 
 
 def consumer(
-    *event_types: str, name: str, idempotent: bool = False
+    *event_types: str, name: str, idempotent: bool = False, wake_on_commit: bool = True
 ) -> Callable[[Handler], Consumer]:
     """Declare `async def handler(event, context)` as the consumer `name` of these types.
 
     `idempotent=True` says a second run of the handler for the same event changes nothing
     (a wake-up, a cache refresh): the kernel then keeps no `event_processed` row for it,
     two statements fewer a batch and no rows to prune. Its offset or acknowledgement still
-    moves with each batch, so a redelivery stays as rare as for any consumer."""
+    moves with each batch, so a redelivery stays as rare as for any consumer.
+
+    `wake_on_commit=False` is for a consumer whose work the emitting process already does
+    itself (a wake-up of its own worker): on the embedded log, this process's commits do
+    not wake it, and it reads its events on its poll (`VECHE_EVENTS__POLL_INTERVAL_SECONDS`),
+    in batches, off the emitter's path. Other processes poll the embedded log anyway; NATS
+    delivers as it always does."""
     if not event_types:
         raise ValueError("a consumer needs at least one event type")
     for event_type in event_types:
@@ -90,6 +98,7 @@ def consumer(
             event_types=tuple(dict.fromkeys(event_types)),
             handler=handler,
             idempotent=idempotent,
+            wake_on_commit=wake_on_commit,
         )
 
     return declare

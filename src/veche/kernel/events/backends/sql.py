@@ -65,9 +65,10 @@ class SqlBackend:
     async def run_consumer(self, kernel: Kernel, consumer: Consumer, stop: StopSignal) -> None:
         settings = kernel.settings.events
         lease_name, lease_until = f"events:{consumer.name}", dt.datetime.min.replace(tzinfo=dt.UTC)
-        wakeup, _types = self._wakeups.setdefault(
-            consumer.name, (asyncio.Event(), frozenset(consumer.event_types))
-        )
+        # The types whose commits wake it (none: it reads on its poll, or when everything
+        # is woken, after a rewind).
+        woken_by = frozenset(consumer.event_types) if consumer.wake_on_commit else frozenset()
+        wakeup, _types = self._wakeups.setdefault(consumer.name, (asyncio.Event(), woken_by))
         while not stop.requested:
             wakeup.clear()
             now = dt.datetime.now(dt.UTC)
