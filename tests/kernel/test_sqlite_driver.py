@@ -19,7 +19,12 @@ from structlog.testing import capture_logs
 
 from veche.kernel.db import Database
 from veche.kernel.errors import overload
-from veche.kernel.sqlite_driver import SLOW_CALL_SECONDS, LoopConnection, is_busy
+from veche.kernel.sqlite_driver import (
+    CHECKPOINT_BYTES,
+    SLOW_CALL_SECONDS,
+    LoopConnection,
+    is_busy,
+)
 from veche.settings import Settings
 
 
@@ -198,3 +203,42 @@ async def test_a_single_read_of_a_locked_file_is_an_overload_at_once(
     row = await db.read_one(text("SELECT count(*) FROM t"))
     assert row is not None
     assert row[0] == 0
+
+
+# -- checkpoints --------------------------------------------------------------------------
+
+
+async def test_the_logs_checkpoints_are_made_off_the_loop_once_it_is_large(
+    db: Database, tmp_path: Path
+) -> None:
+    """SQLite's own checkpoint (inside a commit, with a sync of the file) is off on the
+    loop's connections; past CHECKPOINT_BYTES a checkpoint made in a worker thread copies
+    the log into the database file, and the next write starts the log anew."""
+    database, wal = tmp_path / "loop.db", tmp_path / "loop.db-wal"
+    blob = "x" * 400_000
+    async with db.engine.connect() as connection:
+        assert await connection.scalar(text("PRAGMA wal_autocheckpoint")) == 0
+        assert await connection.scalar(text("PRAGMA journal_size_limit")) == 0
+        for _ in range(5):  # about 2 MB: under the threshold, nothing is copied
+            await connection.execute(text("INSERT INTO t (name) VALUES (:blob)"), {"blob": blob})
+            await connection.commit()
+        await asyncio.sleep(0.2)
+        assert database.stat().st_size < 1_000_000
+        for _ in range(6):  # past 4 MB of log
+            await connection.execute(text("INSERT INTO t (name) VALUES (:blob)"), {"blob": blob})
+            await connection.commit()
+
+        async def copied() -> bool:
+            return database.stat().st_size > CHECKPOINT_BYTES
+
+        for _ in range(200):
+            if await copied():
+                break
+            await asyncio.sleep(0.05)
+        assert await copied()
+        await connection.execute(text("INSERT INTO t (name) VALUES ('small')"))
+        await connection.commit()
+        count = await connection.scalar(text("SELECT count(*) FROM t"))
+
+    assert count == 12
+    assert wal.stat().st_size < 100_000  # started anew after the complete checkpoint

@@ -15,11 +15,17 @@ busy timeout, and is then run again in aiosqlite's thread with the configured ti
 as SQLite's busy handler would have waited. A call taking longer than
 `SLOW_CALL_SECONDS` on the loop is logged (`sqlite_call_slow`): it held up every other
 request of the process, and such a workload belongs on PostgreSQL.
+
+Nor does the write-ahead log's checkpoint run on the loop. SQLite makes one inside the
+commit that grows the log past 1,000 pages, copying them into the database file and
+syncing it; these connections turn that off and `Checkpointer` makes it in a worker
+thread instead.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -29,6 +35,7 @@ import aiosqlite
 import structlog
 
 SLOW_CALL_SECONDS = 0.05
+CHECKPOINT_BYTES = 4096 * 1000  # SQLite's own checkpoint point: 1,000 pages of 4 KiB
 # Calls that can be made again after SQLITE_BUSY: the statement did not run (a cursor's
 # execute starts it afresh; a failed COMMIT leaves the transaction open).
 _RETRIED = frozenset({"execute", "executemany", "executescript", "commit"})
@@ -45,14 +52,71 @@ def is_busy(error: sqlite3.OperationalError) -> bool:
     )
 
 
+class Checkpointer:
+    """The write-ahead log checkpoints of one database file, made in a worker thread.
+
+    The loop's connections have SQLite's own checkpoints off (`wal_autocheckpoint=0`) and
+    the log cut back once it has been copied (`journal_size_limit=0`: the next write after
+    a complete checkpoint starts it anew), so the log's size is about what is still to
+    copy. After a commit that leaves it at `threshold` or more (SQLite's own default, 1,000
+    pages of 4 KiB), a PASSIVE checkpoint runs in a worker thread on a connection of its
+    own, one at a time; like SQLite's, it copies what no reader still needs and never
+    waits for writers.
+    """
+
+    def __init__(self, database: str, busy_timeout_ms: int, threshold: int = CHECKPOINT_BYTES):
+        self.database = database
+        self.busy_timeout_ms = busy_timeout_ms
+        self.threshold = threshold
+        self._wal = f"{database}-wal"
+        self._running: asyncio.Future[None] | None = None
+
+    def committed(self) -> None:
+        if self._running is not None and not self._running.done():
+            return
+        try:
+            size = os.stat(self._wal).st_size
+        except OSError:  # no log (yet), or not a file
+            return
+        if size >= self.threshold:
+            self._running = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
+            self._running.add_done_callback(_checkpoint_done)
+
+    def _checkpoint(self) -> None:
+        connection = sqlite3.connect(self.database, timeout=self.busy_timeout_ms / 1000)
+        try:
+            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            connection.close()
+
+
+def _checkpoint_done(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        structlog.get_logger("veche.db").warning(
+            "sqlite_checkpoint_failed", error=repr(future.exception())
+        )
+
+
 class LoopConnection(aiosqlite.Connection):
     """An aiosqlite connection whose calls run on the calling event loop's thread."""
 
-    def __init__(self, connector: Callable[[], sqlite3.Connection], busy_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        connector: Callable[[], sqlite3.Connection],
+        busy_timeout_ms: int,
+        checkpointer: Checkpointer,
+    ) -> None:
         super().__init__(connector, iter_chunk_size=64)
         self.busy_timeout_ms = busy_timeout_ms
+        self.checkpointer = checkpointer
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        result = await self._call(fn, *args, **kwargs)
+        if getattr(fn, "__name__", "") == "commit":
+            self.checkpointer.committed()
+        return result
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or not self._connection:
             raise ValueError("Connection closed")
         began = time.perf_counter()
@@ -95,12 +159,20 @@ def _head(args: tuple[Any, ...]) -> str | None:
 def loop_connector(busy_timeout_ms: int) -> Callable[..., LoopConnection]:
     """What SQLAlchemy's aiosqlite dialect calls (as `async_creator_fn`) with the
     arguments it made from the URL, instead of `aiosqlite.connect`. The connection opens
-    without a busy timeout: waiting is `LoopConnection`'s to do, off the loop."""
+    without a busy timeout (waiting is `LoopConnection`'s to do, off the loop) and without
+    SQLite's own checkpoints (`Checkpointer`'s, one per file)."""
+    checkpointers: dict[str, Checkpointer] = {}
 
     def connect(database: str, **options: Any) -> LoopConnection:
         options["timeout"] = 0
-        return LoopConnection(
-            functools.partial(sqlite3.connect, database, **options), busy_timeout_ms
-        )
+
+        def opened() -> sqlite3.Connection:
+            connection: sqlite3.Connection = sqlite3.connect(database, **options)
+            connection.execute("PRAGMA wal_autocheckpoint=0")
+            connection.execute("PRAGMA journal_size_limit=0")
+            return connection
+
+        checkpointer = checkpointers.setdefault(database, Checkpointer(database, busy_timeout_ms))
+        return LoopConnection(opened, busy_timeout_ms, checkpointer)
 
     return connect
