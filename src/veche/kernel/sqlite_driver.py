@@ -24,9 +24,9 @@ thread instead.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -53,15 +53,15 @@ def is_busy(error: sqlite3.OperationalError) -> bool:
 
 
 class Checkpointer:
-    """The write-ahead log checkpoints of one database file, made in a worker thread.
+    """The write-ahead log checkpoints of one database file, made off the event loop.
 
     The loop's connections have SQLite's own checkpoints off (`wal_autocheckpoint=0`) and
     the log cut back once it has been copied (`journal_size_limit=0`: the next write after
     a complete checkpoint starts it anew), so the log's size is about what is still to
     copy. After a commit that leaves it at `threshold` or more (SQLite's own default, 1,000
-    pages of 4 KiB), a PASSIVE checkpoint runs in a worker thread on a connection of its
-    own, one at a time; like SQLite's, it copies what no reader still needs and never
-    waits for writers.
+    pages of 4 KiB), a PASSIVE checkpoint runs on a connection of its own in a thread of
+    its own (not the loop's shared executor, whose workers other work may hold), one at a
+    time; like SQLite's, it copies what no reader still needs and never waits for writers.
     """
 
     def __init__(self, database: str, busy_timeout_ms: int, threshold: int = CHECKPOINT_BYTES):
@@ -69,32 +69,30 @@ class Checkpointer:
         self.busy_timeout_ms = busy_timeout_ms
         self.threshold = threshold
         self._wal = f"{database}-wal"
-        self._running: asyncio.Future[None] | None = None
+        self._thread: threading.Thread | None = None
 
     def committed(self) -> None:
-        if self._running is not None and not self._running.done():
+        if self._thread is not None and self._thread.is_alive():
             return
         try:
             size = os.stat(self._wal).st_size
         except OSError:  # no log (yet), or not a file
             return
         if size >= self.threshold:
-            self._running = asyncio.get_running_loop().run_in_executor(None, self._checkpoint)
-            self._running.add_done_callback(_checkpoint_done)
+            self._thread = threading.Thread(
+                target=self._checkpoint, name="sqlite-checkpoint", daemon=True
+            )
+            self._thread.start()
 
     def _checkpoint(self) -> None:
-        connection = sqlite3.connect(self.database, timeout=self.busy_timeout_ms / 1000)
         try:
-            connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        finally:
-            connection.close()
-
-
-def _checkpoint_done(future: asyncio.Future[None]) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        structlog.get_logger("veche.db").warning(
-            "sqlite_checkpoint_failed", error=repr(future.exception())
-        )
+            connection = sqlite3.connect(self.database, timeout=self.busy_timeout_ms / 1000)
+            try:
+                connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.Error as error:
+            structlog.get_logger("veche.db").warning("sqlite_checkpoint_failed", error=repr(error))
 
 
 class LoopConnection(aiosqlite.Connection):
