@@ -97,7 +97,11 @@ async def scenario(browser: Browser, base_url: str) -> None:
         await _open_conversation(bob, f"alice_{tag}")
         await _send(bob, "Loved your first post!")
         bob_messages = bob.get_by_test_id("message-list")
-        await expect(bob_messages.locator("li.mine")).to_have_text(["Loved your first post!"])
+        try:
+            await expect(bob_messages.locator("li.mine")).to_have_text(["Loved your first post!"])
+        except AssertionError as error:  # say what the page said (an intermittent failure)
+            status = await bob.get_by_test_id("status").text_content()
+            raise AssertionError(f"{error}\nBob's status line: {status!r}") from None
 
         await _open_conversation(alice, f"bob_{tag}")
         alice_messages = alice.get_by_test_id("message-list")
