@@ -94,6 +94,8 @@ async def scenario(browser: Browser, base_url: str) -> None:
 
         await _sign_up(bob, base_url, "Bob", f"bob-{tag}@example.com", f"bob_{tag}")
         await expect(bob.get_by_test_id("posts")).to_contain_text(f"Hello from Quark {tag}")
+        # No conversation is open yet, so there is nowhere to send a message.
+        await expect(bob.get_by_test_id("message-form")).to_be_hidden()
         await _open_conversation(bob, f"alice_{tag}")
         await _send(bob, "Loved your first post!")
         bob_messages = bob.get_by_test_id("message-list")

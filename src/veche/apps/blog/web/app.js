@@ -182,6 +182,7 @@ handle("#conversation-form", async (form) => {
 const sleep = (seconds) => new Promise((resolve) => setTimeout(resolve, seconds * 1000));
 
 handle("#message-form", async (form) => {
+  if (!state.conversation) throw new Error("Open a conversation first");
   const input = form.querySelector("[name=body]");
   // One id for every attempt: a retry of a message the server did store returns it again.
   const sent = { body: input.value, client_id: crypto.randomUUID() };
