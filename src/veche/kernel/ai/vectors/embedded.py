@@ -8,6 +8,16 @@ since the last sequence number it applied. Before every operation a mirror asks 
 through `PRAGMA data_version`, whether another connection committed; if none did, the check
 costs microseconds and nothing is read. Search is exact (brute-force dot products over the
 candidates picked by the coded columns), so recall is 1.0 and filters never hide results.
+
+Small operations run on the calling event loop's thread, as the kernel's SQLite statements
+do (`veche.kernel.sqlite_driver`): a thread hop costs more than a one-record write or a
+search over a few thousand candidates, and under load the worker waits for the GIL while
+the loop runs. An operation goes to a worker thread instead when it may take long: the
+store is not open yet, another process committed (the mirror's catch-up reads its rows),
+a search has more than `INLINE_SEARCH_ROWS` candidates, a write more than
+`INLINE_WRITE_RECORDS` records, another thread holds the store, or SQLite is busy with
+another process's write (on the loop the connection never waits; the thread waits up to
+`BUSY_TIMEOUT_S`). Write-ahead log checkpoints run in a thread of their own as well.
 """
 
 from __future__ import annotations
@@ -36,11 +46,16 @@ from veche.kernel.ai.vectors.checks import (
     normalise_vector,
 )
 from veche.kernel.ai.vectors.mirror import Mirror, record_id
+from veche.kernel.sqlite_driver import Checkpointer, is_busy
 
 FILE_NAME = "vectors.sqlite3"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0
 EXPORT_BATCH = 256
+# Past these sizes an operation runs in a worker thread rather than on the event loop:
+# scoring 10,000 candidates of 384 dimensions takes about 2 ms (docs/benchmarks.md).
+INLINE_SEARCH_ROWS = 10_000
+INLINE_WRITE_RECORDS = 64
 
 T = TypeVar("T")
 
@@ -106,6 +121,7 @@ class EmbeddedVectorStore:
         self._mirror = Mirror(dimensions)
         self._seq = 0  # the last sequence number the mirror applied
         self._data_version = -1
+        self._checkpointer = Checkpointer(str(self.file), int(BUSY_TIMEOUT_S * 1000))
 
     @classmethod
     async def open(cls, path: Path, dimensions: int) -> EmbeddedVectorStore:
@@ -127,7 +143,10 @@ class EmbeddedVectorStore:
         if not records:
             return
         checked = [check_record(record, self.dimensions) for record in records]
-        await self._run(lambda connection: self._write_records(connection, checked))
+        await self._run(
+            lambda connection: self._write_records(connection, checked),
+            inline=len(checked) <= INLINE_WRITE_RECORDS,
+        )
 
     async def search(
         self,
@@ -148,12 +167,23 @@ class EmbeddedVectorStore:
             found = mirror.search(query, filter, limit, min_score)
             return [mirror.hit(row, score) for row, score in found]
 
-        return await self._run(search)
+        def few_candidates() -> bool:
+            mirror = self._mirror
+            if len(mirror) <= INLINE_SEARCH_ROWS:
+                return True
+            if has_no_conditions(filter):
+                return False
+            return int(mirror.rows_matching(filter).size) <= INLINE_SEARCH_ROWS
+
+        return await self._run(search, inline=few_candidates)
 
     async def delete(self, filter: VectorFilter) -> int:
         """Remove every matching record; returns how many went."""
         check_filter(filter)
-        return await self._run(lambda connection: self._delete_matching(connection, filter))
+        return await self._run(
+            lambda connection: self._delete_matching(connection, filter),
+            inline=filter.ids is not None and len(filter.ids) <= INLINE_WRITE_RECORDS,
+        )
 
     async def count(self, filter: VectorFilter) -> int:
         check_filter(filter)
@@ -174,7 +204,7 @@ class EmbeddedVectorStore:
             mirror = self._mirror
             return sorted(str(mirror.ids[row]) for row in mirror.rows_matching(filter).tolist())
 
-        ids = await self._run(matching_ids)
+        ids = await self._run(matching_ids, inline=False)
         for start in range(0, len(ids), EXPORT_BATCH):
             batch = replace(filter, ids=ids[start : start + EXPORT_BATCH])
 
@@ -217,14 +247,56 @@ class EmbeddedVectorStore:
 
     # -- running work off the event loop --
 
-    async def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(
+        self,
+        work: Callable[[sqlite3.Connection], T],
+        *,
+        inline: bool | Callable[[], bool] = True,
+    ) -> T:
+        """`work` under the store's lock, on the loop when `inline` allows it and nothing
+        else stands in the way (module docstring), otherwise in a worker thread."""
+        if inline and self._lock.acquire(blocking=False):
+            try:
+                made = self._on_loop(work, inline)
+            finally:
+                self._lock.release()
+            if made is not None:
+                return made[0]
+
         def locked() -> T:
             with self._lock:
                 connection = self._open()
-                self._refresh(connection)
-                return work(connection)
+                connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                try:
+                    self._refresh(connection)
+                    return work(connection)
+                finally:
+                    connection.execute("PRAGMA busy_timeout = 0")
+                    self._checkpointer.committed()
 
         return await anyio.to_thread.run_sync(locked)
+
+    def _on_loop(
+        self, work: Callable[[sqlite3.Connection], T], inline: bool | Callable[[], bool]
+    ) -> tuple[T] | None:
+        """`work`'s result made here, or None when it must go to a thread. Called with the
+        lock held; the connection's busy timeout is 0."""
+        connection = self._connection
+        if connection is None or self._closed:
+            return None
+        data_version = connection.execute("PRAGMA data_version").fetchone()[0]
+        if data_version != self._data_version:  # another process committed: catch up there
+            return None
+        if callable(inline) and not inline():
+            return None
+        try:
+            result = work(connection)
+        except sqlite3.OperationalError as error:
+            if is_busy(error):  # another process writes: wait for it in a thread
+                return None
+            raise
+        self._checkpointer.committed()
+        return (result,)
 
     def _open(self) -> sqlite3.Connection:
         if self._closed:
@@ -261,6 +333,11 @@ class EmbeddedVectorStore:
                     f"the vector store in {self.path} holds {stored}-dimensional vectors,"
                     f" not {self.dimensions}"
                 )
+            # Checkpoints are the checkpointer's, in a thread (a commit on the loop would
+            # otherwise copy the log into the file and sync it there).
+            connection.execute("PRAGMA wal_autocheckpoint = 0")
+            connection.execute("PRAGMA journal_size_limit = 0")
+            connection.execute("PRAGMA busy_timeout = 0")
         except BaseException:
             connection.close()
             raise
