@@ -400,6 +400,24 @@ async def test_read_one_returns_detached_rows_or_none(kernel: Kernel) -> None:
     assert await kernel.db.read_one(statement, {"action": "test.read.none"}) is None
 
 
+async def test_read_all_returns_every_row_committed_and_nothing_uncommitted(
+    kernel: Kernel,
+) -> None:
+    async with kernel.db.unit_of_work() as session:
+        session.add_all(audit_event(action=f"test.read.all.{n}") for n in range(3))
+    statement = (
+        select(AuditEvent.action)
+        .where(AuditEvent.action.like(bindparam("prefix")))
+        .order_by(AuditEvent.action)
+    )
+    async with kernel.db.unit_of_work() as session:  # open while reading: not seen
+        session.add(audit_event(action="test.read.all.9"))
+        await session.flush()
+        rows = await kernel.db.read_all(statement, {"prefix": "test.read.all.%"})
+    assert [row[0] for row in rows] == [f"test.read.all.{n}" for n in range(3)]
+    assert await kernel.db.read_all(statement, {"prefix": "test.read.none%"}) == []
+
+
 def test_an_in_memory_sqlite_database_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs a SQLite file"):
         Database(make_settings(tmp_path, "sqlite+aiosqlite:///:memory:"))

@@ -304,6 +304,10 @@ class _SQLiteReads:
         with Session(self.engine) as session:
             return session.execute(statement, params).one_or_none()
 
+    async def all(self, statement: Executable, params: Mapping[str, Any]) -> list[AnyRow]:
+        with Session(self.engine) as session:
+            return list(session.execute(statement, params).all())
+
     async def dispose(self) -> None:
         self.engine.dispose()
 
@@ -319,6 +323,10 @@ class _AutocommitReads:
     async def one(self, statement: Executable, params: Mapping[str, Any]) -> AnyRow | None:
         async with self._sessions() as session:
             return (await session.execute(statement, params)).one_or_none()
+
+    async def all(self, statement: Executable, params: Mapping[str, Any]) -> list[AnyRow]:
+        async with self._sessions() as session:
+            return list((await session.execute(statement, params)).all())
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -357,6 +365,13 @@ class Database:
         request's session.
         """
         return await self._reads.one(statement, params or {})
+
+    async def read_all(
+        self, statement: Executable, params: Mapping[str, Any] | None = None
+    ) -> list[AnyRow]:
+        """Every row of one read-only statement, outside any unit of work, as `read_one`
+        (the runner's look-up for work, made on every wake-up)."""
+        return await self._reads.all(statement, params or {})
 
     @property
     def dialect(self) -> str:

@@ -191,8 +191,7 @@ class Runner:
                     await self._lost(session, task_id, user_id, plan_id, kind)
                 bus.QUEUE_SIZE.set(await queries.queued_total())
             self._last_heartbeat = now
-        async with db.unit_of_work() as session:
-            candidates = await RunnerQueries(session).runnable(CLAIM_BATCH, now)
+        candidates = await RunnerQueries.runnable(db, CLAIM_BATCH, now)
         room: dict[UUID, int] = {}  # plans' and agents' room left in this pass
         chosen = {
             candidate.task_id: candidate.status

@@ -33,6 +33,7 @@ from veche.apps.agents.models import (
     Task,
 )
 from veche.apps.agents.repository.scoped import Scoped, rowcount
+from veche.kernel.db import Database
 
 # -- chat ---------------------------------------------------------------------------------
 
@@ -300,16 +301,18 @@ class RunnerQueries:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def runnable(self, limit: int, now: dt.datetime) -> list[Runnable]:
+    @staticmethod
+    async def runnable(db: Database, limit: int, now: dt.datetime) -> list[Runnable]:
         """Tasks that can go on now, oldest first: queued ones at the head of their session
         (a plan's steps run side by side) whose backoff is over and whose agent runs fewer
         tasks than its `concurrency_limit` (and, for a step, whose plan fewer steps than
         its `max_parallel`), and paused ones whose approvals or tool calls are all
         answered. Each carries how many more tasks of its agent and plan may start, so a
-        caller claiming several at once keeps within both."""
-        rows = await self.session.execute(_runnable_statement(limit), {"now": now})
+        caller claiming several at once keeps within both. One statement outside any
+        transaction (`Database.read_all`): the claim checks each task's status again."""
+        rows = await db.read_all(_runnable_statement(limit), {"now": now})
         found = []
-        for part, _, task_id, kind, plan_id, plan_free, agent_id, agent_free in rows.all():
+        for part, _, task_id, kind, plan_id, plan_free, agent_id, agent_free in rows:
             if part == 0:
                 found.append(
                     Runnable(
