@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tests.apps.agents.http_support import (
     PREFIX,
@@ -34,6 +34,7 @@ from veche.apps.agents.health import (
     task_started,
 )
 from veche.apps.agents.models import Agent, ChatSession, Task
+from veche.apps.agents.repository.orchestration import DURATION_SAMPLE
 from veche.apps.agents.runtime import runtime_of
 from veche.apps.agents.spaces import AgentSnapshot
 from veche.kernel import Kernel, new_id
@@ -362,6 +363,34 @@ async def test_metrics_come_from_the_task_rows(
         },
         "live": None,
     }
+
+
+async def test_the_bus_mean_run_time_is_over_the_latest_completed_tasks(
+    http: httpx.AsyncClient,
+    kernel: Kernel,
+    ann: Caller,
+    bob: Caller,
+    setup: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    """The planner's time estimate and `/bus` use each agent's mean over its latest
+    `DURATION_SAMPLE` completed tasks: older runs, failures and other users' do not count."""
+    project, agent = setup
+    old = await add_tasks(kernel, ann, project, agent, *[("completed", 10_000)] * 30)
+    latest = await add_tasks(
+        kernel, ann, project, agent, *[("completed", 200)] * DURATION_SAMPLE, ("failed", 50_000)
+    )
+    async with kernel.db.unit_of_work() as session:
+        for ids, finished in ((old, BASE), (latest, BASE + dt.timedelta(days=1))):
+            await session.execute(update(Task).where(Task.id.in_(ids)).values(finished_at=finished))
+    bobs_project, bobs_agent = await create_project(http, bob), await create_agent(http, bob)
+    await add_tasks(kernel, bob, bobs_project, bobs_agent, ("completed", 99_999))
+
+    response = await http.get(f"{PREFIX}/bus", headers=ann.headers)
+    assert response.status_code == 200, response.text
+    [load] = response.json()["agents"]
+    assert load["agent_id"] == agent["id"]
+    assert load["mean_duration_ms"] == 200.0
+    assert load["completed"] == 30 + DURATION_SAMPLE
 
 
 async def test_metrics_of_a_new_agent_and_live_counters(

@@ -125,7 +125,8 @@ class Task(IdMixin, TimestampMixin, Base):
     __tablename__ = "agents_tasks"
     __table_args__ = (
         Index("ix_agents_tasks_session_id_created_at", "session_id", "created_at"),
-        Index("ix_agents_tasks_agent_id_status", "agent_id", "status"),
+        # An agent's latest finished tasks (their mean run time), and its tasks by status.
+        Index("ix_agents_tasks_agent_id_status_finished_at", "agent_id", "status", "finished_at"),
         Index("ix_agents_tasks_status", "status"),
     )
 

@@ -76,8 +76,9 @@ class PlanRun:
         async with self.kernel.db.unit_of_work() as session:
             queries = PlanQueries(session, self.user_id)
             config = Config.of(await queries.config())
+            agents = await queries.agents(accepting_only=True)
             cards = agent_cards(
-                await queries.agents(accepting_only=True), await queries.mean_durations()
+                agents, await queries.mean_durations([agent.id for agent in agents])
             )
             message = await ChatQueries(session, self.user_id).get(
                 ChatMessage, self.task.message_id

@@ -4,10 +4,11 @@ user's, through `Scoped` like everything else a request or a run of that user to
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from dataclasses import dataclass
 from uuid import UUID
 
-from sqlalchemy import Select, func, select, update
+from sqlalchemy import Select, func, select, union_all, update
 from sqlalchemy.orm import defer
 
 from veche.apps.agents.models import Agent, OrchestratorConfig, Plan, Task
@@ -18,6 +19,8 @@ WAITING_STATES = ("queued", "blocked")
 # Tasks holding an agent's slot or paused in the middle of a run.
 IN_FLIGHT_STATES = ("running", "waiting_approval", "waiting_tool")
 FINISHED_STATES = ("completed", "failed", "cancelled", "skipped")
+# How many of an agent's latest completed tasks its mean run time is taken over.
+DURATION_SAMPLE = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,17 +156,33 @@ class PlanQueries(Scoped):
             statement = statement.where(Task.agent_id == agent_id)
         return int(await self.session.scalar(statement) or 0)
 
-    async def mean_durations(self) -> dict[UUID, float]:
-        """Mean run time (ms) of each agent's completed tasks."""
-        rows = await self.session.execute(
-            select(Task.agent_id, func.avg(Task.duration_ms))
-            .where(
-                Task.user_id == self.user_id,
-                Task.status == "completed",
-                Task.duration_ms.is_not(None),
-                Task.agent_id.is_not(None),
+    async def mean_durations(self, agent_ids: Collection[UUID]) -> dict[UUID, float]:
+        """Mean run time (ms) of each agent's latest `DURATION_SAMPLE` completed tasks.
+
+        Recent runs say more of the next one than old ones, and the read keeps its size as
+        the history grows: each agent's part is a walk down the index on (agent, status,
+        finished_at) that stops after `DURATION_SAMPLE` rows."""
+        if not agent_ids:
+            return {}
+        latest = union_all(
+            *(
+                select(
+                    select(Task.agent_id, Task.duration_ms)
+                    .where(
+                        Task.user_id == self.user_id,
+                        Task.agent_id == agent_id,
+                        Task.status == "completed",
+                        Task.duration_ms.is_not(None),
+                    )
+                    .order_by(Task.finished_at.desc())
+                    .limit(DURATION_SAMPLE)
+                    .subquery()
+                )
+                for agent_id in sorted(set(agent_ids))
             )
-            .group_by(Task.agent_id)
+        ).subquery()
+        rows = await self.session.execute(
+            select(latest.c.agent_id, func.avg(latest.c.duration_ms)).group_by(latest.c.agent_id)
         )
         return {agent_id: float(mean) for agent_id, mean in rows.all() if mean is not None}
 
@@ -194,7 +213,7 @@ class PlanQueries(Scoped):
             if agent_id is not None and started is not None:
                 waited = (started - created).total_seconds() * 1000
                 wait_ms.setdefault(agent_id, []).append(waited)
-        durations = await self.mean_durations()
+        durations = await self.mean_durations([agent.id for agent in agents])
         loads = []
         for agent in agents:
             count = by_agent.get(agent.id, {})
