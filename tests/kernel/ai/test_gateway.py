@@ -10,11 +10,13 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
 from pydantic import BaseModel
 from sqlalchemy import select
+from structlog.testing import capture_logs
 
 from tests.fakes.openai_server import ChatReply, FakeOpenAI
 from veche.kernel.ai.errors import (
@@ -91,8 +93,13 @@ class Gateways:
     def db(self) -> Database:
         return self._made[-1][1]
 
+    @property
+    def ledger(self) -> UsageLedger:
+        return self._made[-1][0].ledger
+
     async def aclose(self) -> None:
         for gateway, db in self._made:
+            await gateway.ledger.flush()
             await gateway.aclose()
             await db.dispose()
 
@@ -119,7 +126,10 @@ async def create_user(db: Database, **overrides: Any) -> User:
     return user
 
 
-async def usage_rows(db: Database) -> list[AIUsage]:
+async def usage_rows(db: Database, ledger: UsageLedger | None = None) -> list[AIUsage]:
+    """The stored usage rows, once `ledger` (if given) has stored what it queued."""
+    if ledger is not None:
+        await ledger.flush()
     async with db.unit_of_work() as session:
         rows = await session.scalars(select(AIUsage).order_by(AIUsage.created_at))
         return list(rows)
@@ -178,7 +188,7 @@ async def test_chat_returns_text_and_records_one_usage_row(
         {"role": "system", "content": "Answer briefly."},
         {"role": "user", "content": "Capital of France?"},
     ]
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.user_id, row.app, row.purpose, row.kind) == (user.id, "geo", "quiz", "chat")
     assert (row.provider, row.model, row.prompt) == ("openai", MODEL, "capital@v2")
     assert (row.prompt_tokens, row.completion_tokens) == (20, 3)
@@ -196,7 +206,7 @@ async def test_a_model_without_a_price_costs_nothing(
 
     await gateway.chat([Message.user("hi")], app="blog")
 
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.prompt_tokens, row.completion_tokens, row.cost) == (100, 100, 0.0)
     assert row.user_id is None
 
@@ -233,7 +243,7 @@ async def test_purpose_profiles_override_the_defaults(
     ]
     keys = [r.headers["authorization"] for r in fake_openai.requests_to("/chat/completions")]
     assert keys == [f"Bearer {API_KEY}"] * 5 + ["Bearer sk-keyed-profile-999"]
-    rows = await usage_rows(gateways.db)
+    rows = await usage_rows(gateways.db, gateways.ledger)
     assert [(row.purpose, row.model) for row in rows] == [
         ("summary", "gpt-summary"),
         ("summary", "gpt-summary"),
@@ -296,7 +306,7 @@ async def test_tool_calls_and_the_tool_result_round_trip(
         },
         {"role": "tool", "content": '{"celsius": 21}', "tool_call_id": call.id},
     ]
-    assert [row.outcome for row in await usage_rows(gateways.db)] == ["ok", "ok"]
+    assert [row.outcome for row in await usage_rows(gateways.db, gateways.ledger)] == ["ok", "ok"]
 
 
 async def test_streaming_yields_deltas_then_one_completion(
@@ -320,7 +330,7 @@ async def test_streaming_yields_deltas_then_one_completion(
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (9, 12)
     [body] = chat_bodies(fake_openai)
     assert body["stream"] is True
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.kind, row.outcome, row.user_id) == ("stream", "ok", user.id)
     assert (row.prompt_tokens, row.completion_tokens) == (9, 12)
     assert row.cost == pytest.approx((9 * 2.0 + 12 * 8.0) / 1_000_000)
@@ -339,7 +349,7 @@ async def test_a_stream_abandoned_after_the_first_delta_is_recorded_cancelled(
             break
 
     assert received == [TextDelta("This")]
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.kind, row.outcome) == ("stream", "cancelled")
     # The usage chunk never came: the one delta it had is counted as completion.
     assert (row.prompt_tokens, row.completion_tokens) == (0, 1)
@@ -360,7 +370,7 @@ async def test_a_call_cancelled_by_its_caller_is_recorded_cancelled(
 
     with pytest.raises(asyncio.CancelledError):
         await call
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.kind, row.outcome, row.completion_tokens) == ("chat", "cancelled", 0)
 
 
@@ -376,7 +386,7 @@ async def test_structured_output_validates_the_answer(
     [body] = chat_bodies(fake_openai)
     assert body["response_format"]["json_schema"]["name"] == "Verdict"
     assert body["response_format"]["json_schema"]["schema"] == Verdict.model_json_schema()
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.kind, row.outcome) == ("structured", "ok")
 
 
@@ -404,7 +414,7 @@ async def test_structured_output_is_repaired_once(
     assert "did not match the required JSON schema" in repair["content"]
     assert "label" in repair["content"]
     assert "score" in repair["content"]
-    rows = await usage_rows(gateways.db)
+    rows = await usage_rows(gateways.db, gateways.ledger)
     assert sorted(row.outcome for row in rows) == ["ai_invalid_output", "ok"]
 
 
@@ -422,7 +432,7 @@ async def test_structured_output_invalid_twice_fails(
     assert (caught.value.status, caught.value.code) == (502, "ai_invalid_output")
     assert "Verdict" in str(caught.value)
     assert len(chat_bodies(fake_openai)) == 2
-    rows = await usage_rows(gateways.db)
+    rows = await usage_rows(gateways.db, gateways.ledger)
     assert [row.outcome for row in rows] == ["ai_invalid_output"] * 2
 
 
@@ -445,7 +455,7 @@ async def test_provider_errors_are_recorded_with_their_code(
         await gateway.chat([Message.user("hi")], app="blog", user_id=user.id)
 
     assert caught.value.code == code
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.outcome, row.user_id, row.kind) == (code, user.id, "chat")
     assert (row.prompt_tokens, row.completion_tokens, row.cost) == (0, 0, 0.0)
 
@@ -460,7 +470,7 @@ async def test_a_stream_refused_by_the_provider_is_recorded_with_its_code(
     with pytest.raises(ProviderRejected):
         await collect(events)
 
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.kind, row.outcome) == ("stream", "ai_provider_rejected")
 
 
@@ -475,7 +485,7 @@ async def test_a_stream_that_breaks_off_is_recorded_unavailable(
         await collect(await gateway.stream([Message.user("hi")], app="blog"), received)
 
     assert received == [TextDelta("abcd"), TextDelta("efgh")]
-    [row] = await usage_rows(gateways.db)
+    [row] = await usage_rows(gateways.db, gateways.ledger)
     assert (row.outcome, row.completion_tokens) == ("ai_provider_unavailable", 2)
 
 
@@ -522,7 +532,7 @@ async def test_a_user_over_the_daily_budget_is_refused(
 
     # The system is never refused, however much its users spent.
     await gateway.chat([Message.user("hi")], app="blog", user_id=None)
-    rows = await usage_rows(gateways.db)
+    rows = await usage_rows(gateways.db, gateways.ledger)
     assert [(row.user_id, row.outcome) for row in rows[3:]] == [(bob.id, "ok"), (None, "ok")]
 
 
@@ -539,6 +549,72 @@ async def test_yesterdays_spending_does_not_count(gateways: Gateways) -> None:
 
     assert (budget.used_today, budget.remaining) == (0, 100)
     await gateway.chat([Message.user("hi")], app="blog", user_id=ann.id)
+
+
+async def test_a_calls_tokens_count_in_the_budget_before_and_after_its_row_is_stored(
+    gateways: Gateways, fake_openai: FakeOpenAI
+) -> None:
+    gateway = gateways(daily_token_budget=100)
+    ann = await create_user(gateways.db)
+    fake_openai.reply_text("one", usage=(30, 30))
+    await gateway.chat([Message.user("hi")], app="blog", user_id=ann.id)
+    # The row is queued for the ledger's writer: counted once whether stored yet or not.
+    assert (await gateway.ledger.budget(ann.id)).used_today == 60
+    fake_openai.reply_text("two", usage=(20, 20))
+    await gateway.chat([Message.user("hi")], app="blog", user_id=ann.id)
+    with pytest.raises(BudgetExceeded):
+        await gateway.chat([Message.user("hi")], app="blog", user_id=ann.id)
+    rows = await usage_rows(gateways.db, gateways.ledger)
+    assert [row.prompt_tokens + row.completion_tokens for row in rows] == [60, 40]
+    assert (await gateway.ledger.budget(ann.id)).used_today == 100
+
+
+async def test_calls_made_together_are_all_stored(
+    gateways: Gateways, fake_openai: FakeOpenAI
+) -> None:
+    gateway = gateways(daily_token_budget=1_000)
+    ann = await create_user(gateways.db)
+    for _ in range(8):
+        fake_openai.reply_text("fine", usage=(5, 5))
+    await asyncio.gather(
+        *(gateway.chat([Message.user("hi")], app="blog", user_id=ann.id) for _ in range(8))
+    )
+    budget = await gateway.ledger.budget(ann.id)
+    rows = await usage_rows(gateways.db, gateways.ledger)
+    assert budget.used_today == 80
+    assert len(rows) == 8
+    assert (await gateway.ledger.budget(ann.id)).used_today == 80
+
+
+async def test_a_usage_row_that_cannot_be_stored_is_logged_and_the_call_stands(
+    settings_factory: Callable[..., Settings],
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+) -> None:
+    settings = settings_factory(
+        llm_provider="openai",
+        llm_base_url=fake_openai.base_url,
+        llm_api_key=API_KEY,
+        llm_model=MODEL,
+        ai={"max_retries": 0},
+    )
+    empty = Database(settings, f"sqlite+aiosqlite:///{tmp_path / 'unmigrated.db'}")
+    gateway = LLMGateway(
+        settings, UsageLedger(settings.ai, empty), lambda p: chat_provider(settings, p)
+    )
+    try:
+        fake_openai.reply_text("kept")
+        with capture_logs() as logs:
+            reply = await gateway.chat([Message.user("hi")], app="blog")
+            await gateway.ledger.flush()
+        await gateway.ledger.flush()  # nothing left: returns at once
+    finally:
+        await gateway.aclose()
+        await empty.dispose()
+    assert reply.content == "kept"
+    assert [log["event"] for log in logs if log["log_level"] == "error"] == [
+        "ai.usage.record_failed"
+    ]
 
 
 async def test_a_zero_budget_means_unlimited(gateways: Gateways) -> None:
@@ -584,7 +660,7 @@ async def test_empty_messages_and_bad_purposes_are_refused(
         await gateway.chat([Message.user("hi")], app="blog", purpose="Not A Purpose")
 
     assert chat_bodies(fake_openai) == []
-    assert await usage_rows(gateways.db) == []
+    assert await usage_rows(gateways.db, gateways.ledger) == []
 
 
 # The packaged local model -------------------------------------------------------------
@@ -608,6 +684,7 @@ async def local_gateway(
         settings, UsageLedger(settings.ai, db), lambda p: chat_provider(settings, p)
     )
     yield gateway, db
+    await gateway.ledger.flush()
     await gateway.aclose()
     await db.dispose()
 
@@ -626,7 +703,7 @@ async def test_local_model_answers_through_the_gateway(
 
     assert completion.content
     assert completion.content.strip()
-    [row] = await usage_rows(db)
+    [row] = await usage_rows(db, gateway.ledger)
     assert (row.provider, row.model, row.outcome) == ("local", LOCAL_CHAT_MODEL, "ok")
     assert row.prompt_tokens > 0
     assert 0 < row.completion_tokens <= 12
@@ -647,6 +724,6 @@ async def test_local_model_structured_output_through_the_gateway(
 
     assert isinstance(capital, Capital)
     assert capital.city.strip()
-    rows = await usage_rows(db)
+    rows = await usage_rows(db, gateway.ledger)
     assert 1 <= len(rows) <= 2
     assert {(row.kind, row.provider) for row in rows} == {("structured", "local")}

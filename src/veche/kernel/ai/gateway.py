@@ -235,7 +235,7 @@ class LLMGateway:
             finally:
                 if outcome != "ok" and not usage.total_tokens:
                     usage = TokenUsage(completion_tokens=pieces)
-                await self._ledger.record(
+                self._ledger.record_soon(
                     self._record(profile, app, user_id, "stream", prompt, usage, started, outcome)
                 )
 
@@ -360,7 +360,7 @@ class LLMGateway:
             outcome = "error"
             raise
         finally:
-            await self._ledger.record(
+            self._ledger.record_soon(
                 self._record(profile, app, user_id, kind, prompt, usage, started, outcome)
             )
 

@@ -170,6 +170,7 @@ async def list_usage(
     filters: Filters,
     page: Annotated[PageParams, Depends(page_params)],
 ) -> Page[UsageRead]:
+    await kernel.ai.ledger.flush()  # with the calls this process has not stored yet
     statement = select(AIUsage).where(*filters.clauses())
     rows, next_cursor = await paginate(
         session,
@@ -192,6 +193,7 @@ async def list_usage(
 async def usage_summary(
     session: DbSession, kernel: KernelDep, filters: Filters, user: CurrentUser
 ) -> UsageSummary:
+    await kernel.ai.ledger.flush()  # with the calls this process has not stored yet
     if filters.since is None and filters.until is None:
         filters.since = day_start(dt.datetime.now(dt.UTC))
     statement = (

@@ -145,6 +145,7 @@ class AIServices:
         return await EmbeddedVectorStore.open(self.vector_path, dimensions)
 
     async def aclose(self) -> None:
+        await self.ledger.flush()
         await self.llm.aclose()
         await self._embedding_provider.aclose()
         if self._vectors is not None:

@@ -1,8 +1,16 @@
 """Usage accounting: every call is recorded with its tokens, latency, outcome and cost,
-and per-user daily token budgets are enforced before a call is made."""
+and per-user daily token budgets are enforced before a call is made.
+
+The gateway hands each call's record to `record_soon`: the caller goes on with its answer
+at once, and one writer task per ledger stores what has come in since its last write in
+one transaction (a plan's parallel steps share one). Until its row is stored, a call's
+tokens count in the budget from memory, so nothing spent is missed; `flush` waits for the
+rows (the usage endpoints, shutdown, tests). A row still waiting when the process dies is
+lost, as it would be if the process died before storing it itself."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 from dataclasses import dataclass
@@ -15,7 +23,7 @@ from veche.kernel.ai import metrics
 from veche.kernel.ai.errors import BudgetExceeded
 from veche.kernel.ai.models import AIUsage
 from veche.kernel.ai.types import TokenUsage
-from veche.kernel.db import Database, utcnow
+from veche.kernel.db import Database, new_id, utcnow
 from veche.settings import AISettings
 
 log = structlog.get_logger(__name__)
@@ -60,6 +68,11 @@ class UsageLedger:
     def __init__(self, settings: AISettings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        self._queued: list[AIUsage] = []
+        # Per user, the tokens of each row queued or being written, by row id: the budget
+        # counts these from here and the other rows from the table.
+        self._unstored: dict[UUID, dict[UUID, int]] = {}
+        self._writer: asyncio.Task[None] | None = None
 
     def cost(self, model: str, usage: TokenUsage) -> float:
         price = self._settings.prices.get(model)
@@ -71,15 +84,56 @@ class UsageLedger:
         ) / 1_000_000
 
     async def record(self, call: CallRecord) -> None:
-        """Count the call in metrics and store it. A storage failure is logged, not raised:
-        the caller already has (or failed) its answer and must not lose it to bookkeeping."""
+        """Count the call in metrics and store it before returning. A storage failure is
+        logged, not raised: the caller already has (or failed) its answer and must not
+        lose it to bookkeeping."""
+        self.record_soon(call)
+        await self.flush()
+
+    def record_soon(self, call: CallRecord) -> None:
+        """Count the call in metrics now and queue its row for the writer task (module
+        docstring). Needs a running event loop."""
+        row = self._row(call)
+        self._queued.append(row)
+        if row.user_id is not None:
+            tokens = row.prompt_tokens + row.completion_tokens
+            self._unstored.setdefault(row.user_id, {})[row.id] = tokens
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(
+                self._write(), name="ai-usage-writer"
+            )
+
+    async def flush(self) -> None:
+        """Wait until every row queued so far is stored (or its failure logged)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
+    async def _write(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued, []
+            try:
+                async with self._db.unit_of_work() as session:
+                    session.add_all(batch)
+            except Exception:
+                log.exception("ai.usage.record_failed", rows=len(batch))
+            finally:
+                for row in batch:
+                    user_id = row.user_id
+                    rows = self._unstored.get(user_id) if user_id is not None else None
+                    if user_id is not None and rows is not None:
+                        rows.pop(row.id, None)
+                        if not rows:
+                            del self._unstored[user_id]
+
+    def _row(self, call: CallRecord) -> AIUsage:
         cost = self.cost(call.model, call.usage)
         metrics.CALLS.labels(call.app, call.purpose, call.model, call.outcome).inc()
         metrics.TOKENS.labels(call.app, call.model, "prompt").inc(call.usage.prompt_tokens)
         metrics.TOKENS.labels(call.app, call.model, "completion").inc(call.usage.completion_tokens)
         metrics.COST.labels(call.app, call.model).inc(cost)
         metrics.LATENCY.labels(call.provider, call.model).observe(call.latency_seconds)
-        row = AIUsage(
+        return AIUsage(
+            id=new_id(),
             user_id=call.user_id,
             app=call.app,
             purpose=call.purpose,
@@ -92,12 +146,8 @@ class UsageLedger:
             latency_ms=math.ceil(call.latency_seconds * 1000),
             outcome=call.outcome,
             cost=cost,
+            created_at=utcnow(),
         )
-        try:
-            async with self._db.unit_of_work() as session:
-                session.add(row)
-        except Exception:
-            log.exception("ai.usage.record_failed", app=call.app, purpose=call.purpose)
 
     async def budget(self, user_id: UUID, now: dt.datetime | None = None) -> Budget:
         now = now or utcnow()
@@ -105,8 +155,13 @@ class UsageLedger:
         statement = select(
             func.coalesce(func.sum(AIUsage.prompt_tokens + AIUsage.completion_tokens), 0)
         ).where(AIUsage.user_id == user_id, AIUsage.created_at >= start)
+        # The rows this ledger has not stored yet count from memory and are left out of
+        # the sum, so one stored while the read runs counts once either way.
+        unstored = dict(self._unstored.get(user_id, {}))
+        if unstored:
+            statement = statement.where(AIUsage.id.not_in(list(unstored)))
         row = await self._db.read_one(statement)  # one read: no transaction of its own
-        used = int((row[0] if row is not None else 0) or 0)
+        used = int((row[0] if row is not None else 0) or 0) + sum(unstored.values())
         return Budget(
             daily_tokens=self._settings.daily_token_budget,
             used_today=used,
