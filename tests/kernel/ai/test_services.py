@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import select
 
 from tests.conftest import make_settings
 from veche.checks import run_checks
+from veche.kernel.ai.models import AIUsage
 from veche.kernel.ai.services import AIServices
+from veche.kernel.ai.types import TokenUsage
+from veche.kernel.ai.usage import CallRecord
 from veche.kernel.ai.vectors import VectorFilter, VectorRecord
 from veche.kernel.db import Database
 from veche.kernel.runtime import Kernel
@@ -236,3 +240,31 @@ def test_a_purpose_with_its_own_server_never_gets_the_default_key() -> None:
     inherited = resolve(settings, "same").api_key
     assert inherited is not None
     assert inherited.get_secret_value() == "sk-default-key"
+
+
+async def test_closing_stores_the_usage_rows_still_queued(
+    settings_factory: Callable[..., Settings], clean: None
+) -> None:
+    settings = settings_factory()
+    db = Database.from_settings(settings)
+    services = AIServices(settings, db)
+    try:
+        for n in range(3):
+            services.ledger.record_soon(
+                CallRecord(
+                    app="blog",
+                    purpose="default",
+                    kind="chat",
+                    provider="openai",
+                    model="gpt-test",
+                    user_id=None,
+                    usage=TokenUsage(prompt_tokens=n + 1, completion_tokens=1),
+                    latency_seconds=0.01,
+                )
+            )
+        await services.aclose()  # before any of them was written
+        async with db.unit_of_work() as session:
+            stored = list(await session.scalars(select(AIUsage.prompt_tokens)))
+    finally:
+        await db.dispose()
+    assert sorted(stored) == [1, 2, 3]
