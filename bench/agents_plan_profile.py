@@ -1,6 +1,7 @@
-"""Where a plan's database work goes on SQLite: statements, commits and the writer's turns.
+"""Where a plan's database work goes: statements, commits and (SQLite) the writer's turns.
 
     cd bench && ../.venv/bin/python agents_plan_profile.py [--plans 10] [--top 25]
+        [--backend sqlite|postgresql-nats]
 
 The setup of `agents_orchestration.py --mode plan` (its fake model in a child process, a
 fresh migrated SQLite database, agents a1..a4, 3 warm-up plans), then `--plans` plans
@@ -13,9 +14,10 @@ with two listeners on the engine:
   took the turn: turns per plan, mean hold, mean wait for the turn, and the held
   milliseconds per plan beside the plan's wall time.
 
-Single reads through the threaded read path (`Database.one`) are not on this engine and
-are not counted. The timing listeners cost CPU of their own: compare figures from one
-run with each other, not with `agents_orchestration.py`.
+Single reads outside a unit of work (`Database.read_one`, `read_all`) go through an engine
+of their own; they are counted apart and listed with the others. On PostgreSQL there is no
+writer's turn to time. The timing listeners cost CPU of their own: compare figures from
+one run with each other, not with `agents_orchestration.py`.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ async def profile(args: argparse.Namespace, turns: WriterTurns) -> None:
     # The options of `agents_orchestration.py --mode plan` at their defaults.
     settings = argparse.Namespace(
         mode="plan",
-        backend="sqlite",
+        backend=args.backend,
         iterations=args.plans,
         delay_ms=0,
         repetitions=1,
@@ -101,18 +103,26 @@ async def profile(args: argparse.Namespace, turns: WriterTurns) -> None:
             for _ in range(orchestration.WARM_UPS):
                 await orchestration.one_plan(api, url, connection)
             statements: collections.Counter[str] = collections.Counter()
-            commits = 0
+            commits = reads = 0
 
             def count(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
                 statements[_short(statement)] += 1
+
+            def read(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+                nonlocal reads
+                reads += 1
+                statements["(single read) " + _short(statement)] += 1
 
             def committed(_conn: Any) -> None:
                 nonlocal commits
                 commits += 1
 
             engine = api.kernel.db.engine.sync_engine
+            reads_engine = api.kernel.db._reads.engine
+            reads_engine = getattr(reads_engine, "sync_engine", reads_engine)
             event.listen(engine, "before_cursor_execute", count)
             event.listen(engine, "commit", committed)
+            event.listen(reads_engine, "before_cursor_execute", read)
             turns.active = True
             began = time.perf_counter()
             for _ in range(args.plans):
@@ -121,10 +131,12 @@ async def profile(args: argparse.Namespace, turns: WriterTurns) -> None:
             turns.active = False
             event.remove(engine, "before_cursor_execute", count)
             event.remove(engine, "commit", committed)
+            event.remove(reads_engine, "before_cursor_execute", read)
     plans = args.plans
     held = sum(sum(values) for values in turns.holds.values()) / plans
     print(
-        f"per plan: {sum(statements.values()) / plans:.1f} statements, "
+        f"per plan ({args.backend}): {sum(statements.values()) / plans:.1f} statements "
+        f"({reads / plans:.1f} of them single reads), "
         f"{commits / plans:.1f} commits, wall {wall * 1000:.1f} ms, "
         f"SQLite's writer held {held * 1000:.1f} ms"
     )
@@ -147,6 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--plans", type=int, default=10)
     parser.add_argument("--top", type=int, default=25, help="statements listed")
+    parser.add_argument("--backend", choices=["sqlite", "postgresql-nats"], default="sqlite")
     args = parser.parse_args()
     turns = WriterTurns()
     turns.install()
