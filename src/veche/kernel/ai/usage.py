@@ -68,10 +68,10 @@ class UsageLedger:
     def __init__(self, settings: AISettings, db: Database) -> None:
         self._settings = settings
         self._db = db
+        # Rows waiting for the writer, and the batch it is storing: the budget counts
+        # these from here and the other rows from the table.
         self._queued: list[AIUsage] = []
-        # Per user, the tokens of each row queued or being written, by row id: the budget
-        # counts these from here and the other rows from the table.
-        self._unstored: dict[UUID, dict[UUID, int]] = {}
+        self._writing: list[AIUsage] = []
         self._writer: asyncio.Task[None] | None = None
 
     def cost(self, model: str, usage: TokenUsage) -> float:
@@ -93,11 +93,7 @@ class UsageLedger:
     def record_soon(self, call: CallRecord) -> None:
         """Count the call in metrics now and queue its row for the writer task (module
         docstring). Needs a running event loop."""
-        row = self._row(call)
-        self._queued.append(row)
-        if row.user_id is not None:
-            tokens = row.prompt_tokens + row.completion_tokens
-            self._unstored.setdefault(row.user_id, {})[row.id] = tokens
+        self._queued.append(self._row(call))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(
                 self._write(), name="ai-usage-writer"
@@ -110,20 +106,14 @@ class UsageLedger:
 
     async def _write(self) -> None:
         while self._queued:
-            batch, self._queued = self._queued, []
+            self._writing, self._queued = self._queued, []
             try:
                 async with self._db.unit_of_work() as session:
-                    session.add_all(batch)
+                    session.add_all(self._writing)
             except Exception:
-                log.exception("ai.usage.record_failed", rows=len(batch))
+                log.exception("ai.usage.record_failed", rows=len(self._writing))
             finally:
-                for row in batch:
-                    user_id = row.user_id
-                    rows = self._unstored.get(user_id) if user_id is not None else None
-                    if user_id is not None and rows is not None:
-                        rows.pop(row.id, None)
-                        if not rows:
-                            del self._unstored[user_id]
+                self._writing = []
 
     def _row(self, call: CallRecord) -> AIUsage:
         cost = self.cost(call.model, call.usage)
@@ -157,11 +147,13 @@ class UsageLedger:
         ).where(AIUsage.user_id == user_id, AIUsage.created_at >= start)
         # The rows this ledger has not stored yet count from memory and are left out of
         # the sum, so one stored while the read runs counts once either way.
-        unstored = dict(self._unstored.get(user_id, {}))
+        unstored = [call for call in (*self._writing, *self._queued) if call.user_id == user_id]
         if unstored:
-            statement = statement.where(AIUsage.id.not_in(list(unstored)))
-        row = await self._db.read_one(statement)  # one read: no transaction of its own
-        used = int((row[0] if row is not None else 0) or 0) + sum(unstored.values())
+            statement = statement.where(AIUsage.id.not_in([call.id for call in unstored]))
+        stored = await self._db.read_one(statement)  # one read: no transaction of its own
+        used = int((stored[0] if stored is not None else 0) or 0) + sum(
+            call.prompt_tokens + call.completion_tokens for call in unstored
+        )
         return Budget(
             daily_tokens=self._settings.daily_token_budget,
             used_today=used,
