@@ -509,6 +509,37 @@ async def test_remember_and_recall_through_the_runner_interface(
     assert await vector_count(agents_app, ann.user_id, project_id=project["id"]) == 4
 
 
+async def test_recall_outside_a_transaction_reads_only_committed_entries_of_the_user(
+    http: httpx.AsyncClient, ann: Caller, bob: Caller, agents_app: FastAPI
+) -> None:
+    """A run recalls through the `Database` (no transaction): the same hits as in a
+    session, none of an entry whose transaction has not committed (its vector is already
+    stored), and nothing under another user's id."""
+    agent, project = await create_agent(http, ann), await create_project(http, ann)
+    memory, db = memory_of(agents_app), kernel_of(agents_app).db
+    ids: dict[str, Any] = {
+        "user_id": UUID(ann.user_id),
+        "agent_id": UUID(agent["id"]),
+        "project_id": UUID(project["id"]),
+    }
+    async with db.unit_of_work() as session:
+        await memory.remember(session, **ids, request="Where is the spare key?", response="Mat.")
+    async with db.unit_of_work() as session:
+        in_session = await memory.recall(session, **ids, query="spare key")
+    outside = await memory.recall(db, **ids, query="spare key")
+    assert [hit.id for hit in outside] == [hit.id for hit in in_session]
+    assert outside[0].response == "Mat."
+    assert await memory.recall(db, **ids, query="spare key", type="tool") == []
+
+    async with db.unit_of_work() as session:
+        await memory.remember(session, **ids, request="Where is the spare key now?", response="")
+        assert await vector_count(agents_app, ann.user_id, project_id=project["id"]) == 2
+        during = await memory.recall(db, **ids, query="spare key")
+        assert [hit.request for hit in during] == ["Where is the spare key?"]
+    assert len(await memory.recall(db, **ids, query="spare key")) == 2
+    assert await memory.recall(db, **(ids | {"user_id": UUID(bob.user_id)}), query="key") == []
+
+
 async def test_remember_refuses_another_users_agent_or_project_and_writes_nothing(
     http: httpx.AsyncClient, ann: Caller, bob: Caller, agents_app: FastAPI
 ) -> None:

@@ -12,7 +12,7 @@ from uuid import UUID, uuid4
 from sqlalchemy.dialects import sqlite
 
 from veche.apps.agents.models import Agent, AgentVersion, Project
-from veche.apps.agents.repository import MemoryQueries, Scoped
+from veche.apps.agents.repository import MemoryQueries, MemoryReads, Scoped
 
 # Building a statement, or running one (or a lookup by key) on the session directly.
 STATEMENT_BUILDERS = {"select", "delete", "update", "insert", "text", "func"}
@@ -67,11 +67,12 @@ def test_every_scoped_query_filters_by_the_user() -> None:
     assert f"agents_agent_versions.user_id = '{user_id.hex}'" in versions
 
     memory = MemoryQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    reads = MemoryReads(source=None, user_id=user_id)  # type: ignore[arg-type]
     other, moment = UUID(int=7), dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     memory_statements = [
         memory.entries(other, other, type="chat", success=True, since=moment, until=moment),
-        memory.matching_ids_statement(other, other, type="chat", success=False),
-        memory.by_ids_statement([other]),
+        reads.matching_ids_statement(other, other, type="chat", success=False),
+        reads.by_ids_statement([other]),
         memory.entries_after_statement(other, None, (moment, other), 10),
         memory.ids_beyond_statement(other, other, 5),
         memory.ids_older_than_statement(other, None, moment),
@@ -108,7 +109,7 @@ def test_every_scoped_query_filters_by_the_user() -> None:
             assert f"{approval_table}.user_id = ?" in str(sql), str(sql)
             assert user_id in sql.params.values()
 
-    from veche.apps.agents.repository import HealthQueries
+    from veche.apps.agents.repository import HealthQueries, PlanQueries
 
     health = HealthQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
     health_statements = {
@@ -123,6 +124,7 @@ def test_every_scoped_query_filters_by_the_user() -> None:
             health.counts_statement(other),
             health.mean_statement(other),
             health.ranked_statement(other, 3),
+            PlanQueries.step_results_statement(user_id, other, ["t1", "t2"]),
         ],
     }
     for table, built in health_statements.items():

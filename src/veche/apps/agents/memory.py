@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.apps.agents.errors import AgentNotFound, ProjectNotFound
 from veche.apps.agents.models import Agent, MemoryEntry, Project
-from veche.apps.agents.repository import MemoryQueries
+from veche.apps.agents.repository import MemoryQueries, MemoryReads
 from veche.kernel import Database, new_id, utcnow
 from veche.kernel.ai.services import AIServices
 from veche.kernel.ai.vectors import VectorFilter, VectorHit, VectorRecord
@@ -234,7 +234,7 @@ class AgentMemory:
 
     async def recall(
         self,
-        db: AsyncSession,
+        db: AsyncSession | Database,
         *,
         user_id: UUID,
         agent_id: UUID,
@@ -247,7 +247,8 @@ class AgentMemory:
         until: dt.datetime | None = None,
     ) -> list[MemoryHit]:
         """The `limit` remembered interactions most similar to `query` that pass the
-        filters, best first."""
+        filters, best first. `db` is a session, or the `Database` to read each row outside
+        any transaction (`MemoryReads`)."""
         vector = await self.ai.embedder.embed_query(query)
         return await self.search(
             db,
@@ -261,7 +262,7 @@ class AgentMemory:
 
     async def search(
         self,
-        db: AsyncSession,
+        db: AsyncSession | Database,
         *,
         user_id: UUID,
         agent_id: UUID,
@@ -287,7 +288,7 @@ class AgentMemory:
         fetch = wanted if filters.empty else max(wanted * OVERFETCH, MIN_OVERFETCH)
         hits = await store.search(vector, filter=scoped, limit=fetch)
         passed = [hit for hit in hits if filters.admits(hit.payload)]
-        queries = MemoryQueries(db, user_id)
+        queries = MemoryReads(db, user_id)
         if len(passed) < wanted and len(hits) == fetch:
             candidates = await queries.matching_ids(agent_id, project_id, **filters.as_query())
             if not candidates:
@@ -298,7 +299,7 @@ class AgentMemory:
 
     @staticmethod
     async def _from_ledger(
-        queries: MemoryQueries, hits: list[VectorHit], limit: int
+        queries: MemoryReads, hits: list[VectorHit], limit: int
     ) -> list[MemoryHit]:
         rows = await queries.entries_by_id([UUID(hit.id) for hit in hits])
         found: list[MemoryHit] = []

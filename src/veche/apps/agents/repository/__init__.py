@@ -9,7 +9,7 @@ this package builds or runs a query itself.
 from veche.apps.agents.repository.approvals import ApprovalQueries, ApprovalSweepQueries
 from veche.apps.agents.repository.chat import ACTIVE_TASK_STATES, ChatQueries, RunnerQueries
 from veche.apps.agents.repository.health import HealthQueries, SystemQueries
-from veche.apps.agents.repository.memory import MemoryQueries
+from veche.apps.agents.repository.memory import MemoryQueries, MemoryReads
 from veche.apps.agents.repository.orchestration import AgentLoad, PlanQueries
 from veche.apps.agents.repository.scoped import Scoped
 
@@ -21,6 +21,7 @@ __all__ = [
     "ChatQueries",
     "HealthQueries",
     "MemoryQueries",
+    "MemoryReads",
     "PlanQueries",
     "RunnerQueries",
     "Scoped",

@@ -6,17 +6,87 @@ import datetime as dt
 from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Row, Select, delete, func, select
+from sqlalchemy import Executable, Row, Select, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.apps.agents.models import (
     MemoryEntry,
 )
 from veche.apps.agents.repository.scoped import Scoped, rowcount
+from veche.kernel.db import Database
 
 # id, request, response, type, success, created_at
 HitRow = Row[UUID, str, str, str, bool, dt.datetime]
 
 # -- memory -------------------------------------------------------------------------------
+
+
+class MemoryReads:
+    """The two reads of a memory search: in a session's transaction, or (given the
+    `Database`) each as one statement outside any transaction, which spares a run's recall,
+    made before every answer, a BEGIN and a COMMIT. The vector store is read apart from
+    the ledger either way."""
+
+    def __init__(self, source: AsyncSession | Database, user_id: UUID) -> None:
+        self.source = source
+        self.user_id = user_id
+
+    def matching_ids_statement(
+        self,
+        agent_id: UUID,
+        project_id: UUID,
+        *,
+        type: str | None = None,
+        success: bool | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> Select[UUID]:
+        return select(MemoryEntry.id).where(
+            MemoryEntry.user_id == self.user_id,
+            MemoryEntry.agent_id == agent_id,
+            *_memory_clauses(project_id, type, success, since, until),
+        )
+
+    async def matching_ids(
+        self,
+        agent_id: UUID,
+        project_id: UUID,
+        *,
+        type: str | None = None,
+        success: bool | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[UUID]:
+        statement = self.matching_ids_statement(
+            agent_id, project_id, type=type, success=success, since=since, until=until
+        )
+        return [row[0] for row in await self._all(statement)]
+
+    def by_ids_statement(self, ids: list[UUID]) -> Select[UUID, str, str, str, bool, dt.datetime]:
+        # Plain rows of the columns a recall shows: every run recalls, and building ORM
+        # objects for them cost more than the query.
+        return select(
+            MemoryEntry.id,
+            MemoryEntry.request,
+            MemoryEntry.response,
+            MemoryEntry.type,
+            MemoryEntry.success,
+            MemoryEntry.created_at,
+        ).where(MemoryEntry.user_id == self.user_id, MemoryEntry.id.in_(ids))
+
+    async def entries_by_id(self, ids: list[UUID]) -> dict[UUID, HitRow]:
+        """The entries' id, request, response, type, success and created_at, by id."""
+        found: dict[UUID, HitRow] = {}
+        batch = MemoryQueries.ID_BATCH
+        for start in range(0, len(ids), batch):
+            rows = await self._all(self.by_ids_statement(ids[start : start + batch]))
+            found.update((row[0], row) for row in rows)
+        return found
+
+    async def _all(self, statement: Executable) -> list[Any]:
+        if isinstance(self.source, Database):
+            return await self.source.read_all(statement)
+        return list((await self.source.execute(statement)).all())
 
 
 class MemoryQueries(Scoped):
@@ -46,55 +116,6 @@ class MemoryQueries(Scoped):
         inclusive, `until` exclusive."""
         statement = self.select(MemoryEntry).where(MemoryEntry.agent_id == agent_id)
         return statement.where(*_memory_clauses(project_id, type, success, since, until))
-
-    def matching_ids_statement(
-        self,
-        agent_id: UUID,
-        project_id: UUID,
-        *,
-        type: str | None = None,
-        success: bool | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-    ) -> Select[UUID]:
-        clauses = _memory_clauses(project_id, type, success, since, until)
-        return self._ids(agent_id).where(*clauses)
-
-    async def matching_ids(
-        self,
-        agent_id: UUID,
-        project_id: UUID,
-        *,
-        type: str | None = None,
-        success: bool | None = None,
-        since: dt.datetime | None = None,
-        until: dt.datetime | None = None,
-    ) -> list[UUID]:
-        statement = self.matching_ids_statement(
-            agent_id, project_id, type=type, success=success, since=since, until=until
-        )
-        return list((await self.session.scalars(statement)).all())
-
-    def by_ids_statement(self, ids: list[UUID]) -> Select[UUID, str, str, str, bool, dt.datetime]:
-        # Plain rows of the columns a recall shows: every run recalls, and building ORM
-        # objects for them cost more than the query.
-        return select(
-            MemoryEntry.id,
-            MemoryEntry.request,
-            MemoryEntry.response,
-            MemoryEntry.type,
-            MemoryEntry.success,
-            MemoryEntry.created_at,
-        ).where(MemoryEntry.user_id == self.user_id, MemoryEntry.id.in_(ids))
-
-    async def entries_by_id(self, ids: list[UUID]) -> dict[UUID, HitRow]:
-        """The entries' id, request, response, type, success and created_at, by id."""
-        found: dict[UUID, HitRow] = {}
-        for start in range(0, len(ids), self.ID_BATCH):
-            batch = ids[start : start + self.ID_BATCH]
-            rows = await self.session.execute(self.by_ids_statement(batch))
-            found.update((row.id, row) for row in rows.all())
-        return found
 
     def entries_after_statement(
         self,

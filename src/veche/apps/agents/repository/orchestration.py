@@ -13,6 +13,7 @@ from sqlalchemy.orm import defer
 
 from veche.apps.agents.models import Agent, OrchestratorConfig, Plan, Task
 from veche.apps.agents.repository.scoped import Scoped, rowcount
+from veche.kernel.db import Database
 
 # Tasks waiting on the bus: queued to run, or a plan's steps waiting for their inputs.
 WAITING_STATES = ("queued", "blocked")
@@ -96,19 +97,27 @@ class PlanQueries(Scoped):
         )
         return list(rows.all())
 
-    async def step_results(self, plan_id: UUID, keys: list[str]) -> dict[str, str | None]:
-        """The results of the plan's steps named by `keys`, by key."""
+    @staticmethod
+    def step_results_statement(
+        user_id: UUID, plan_id: UUID, keys: list[str]
+    ) -> Select[str | None, str | None]:
+        return select(Task.step_key, Task.result).where(
+            Task.user_id == user_id,
+            Task.plan_id == plan_id,
+            Task.kind == "step",
+            Task.step_key.in_(keys),
+        )
+
+    @staticmethod
+    async def read_step_results(
+        db: Database, user_id: UUID, plan_id: UUID, keys: list[str]
+    ) -> dict[str, str | None]:
+        """The results of the plan's steps named by `keys`, by key, read outside any
+        transaction (`Database.read_all`)."""
         if not keys:
             return {}
-        rows = await self.session.execute(
-            select(Task.step_key, Task.result).where(
-                Task.user_id == self.user_id,
-                Task.plan_id == plan_id,
-                Task.kind == "step",
-                Task.step_key.in_(keys),
-            )
-        )
-        return {key: result for key, result in rows.all() if key is not None}
+        rows = await db.read_all(PlanQueries.step_results_statement(user_id, plan_id, keys))
+        return {key: result for key, result in rows if key is not None}
 
     async def set_step_statuses(
         self, task_ids: list[UUID], from_states: tuple[str, ...], now: dt.datetime, **values: object

@@ -103,18 +103,13 @@ class Run(ToolRound):
         if context is None:
             raise Stopped
         loaded = _Loaded(context.message, history=list(context.history), graph=context.graph)
-        needs = self.task.depends_on or []
-        if needs or with_project:
-            async with self.kernel.db.unit_of_work() as session:
-                if with_project:
-                    loaded.project = await ChatQueries(session, self.user_id).get(
-                        Project, self.task.project_id
-                    )
-                    if loaded.project is None:
-                        raise Stopped
-                loaded.inputs = await PlanQueries(session, self.user_id).step_results(
-                    plan_id, needs
-                )
+        if with_project:
+            loaded.project = await self._project()
+        # Outside a transaction: the steps it needs have ended, so their results no
+        # longer change.
+        loaded.inputs = await PlanQueries.read_step_results(
+            self.kernel.db, self.user_id, plan_id, self.task.depends_on or []
+        )
         return loaded
 
     async def _plan_context(self) -> PlanContext | None:
@@ -274,15 +269,16 @@ class Run(ToolRound):
         if wanted == 0:
             return []
         try:
-            async with self.kernel.db.unit_of_work() as session:
-                hits = await self.runtime.memory.recall(
-                    session,
-                    user_id=self.user_id,
-                    agent_id=agent.id,
-                    project_id=self.task.project_id,
-                    query=query,
-                    limit=wanted + len(seen),
-                )
+            # Read outside any transaction: the hits come from the vector store and the
+            # ledger apart anyway, and a BEGIN and a COMMIT are two round trips a step.
+            hits = await self.runtime.memory.recall(
+                self.kernel.db,
+                user_id=self.user_id,
+                agent_id=agent.id,
+                project_id=self.task.project_id,
+                query=query,
+                limit=wanted + len(seen),
+            )
         except ProblemError as error:  # memory is a help, not a requirement of the run
             log.warning("agents_memory_recall_failed", code=error.code)
             hits = []
