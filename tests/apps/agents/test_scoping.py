@@ -112,15 +112,24 @@ def test_every_scoped_query_filters_by_the_user() -> None:
     from veche.apps.agents.repository import HealthQueries, PlanQueries
 
     health = HealthQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    # Built once with bound parameters: the user's filter is the `scope_user` parameter,
+    # and the method gives it the user's id.
+    plans = PlanQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
+    prepared = {
+        "agents_agents": [health.lock_statement(other), health.settle_statement(other, moment)],
+        "agents_tasks": [health.settle_statement(other, moment), plans.steps_statement(other)],
+    }
+    for table, pairs in prepared.items():
+        for template, params in pairs:
+            sql = template.compile(dialect=sqlite.dialect(paramstyle="named"))
+            assert f"{table}.user_id = :scope_user" in str(sql), str(sql)
+            assert sql.construct_params(params)["scope_user"] == user_id
     health_statements = {
         "agents_agents": [
-            health.agent_statement(other),
             health.status_statement(other, "busy", None, moment),
             health.status_statement([other, uuid4()], "busy", None, moment),
-            health.settle_statement(other, moment),
         ],
         "agents_tasks": [
-            health.settle_statement(other, moment),
             health.counts_statement(other),
             health.mean_statement(other),
             health.ranked_statement(other, 3),

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Collection
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import ColumnElement, Select, Update, case, func, select, update
+from sqlalchemy import ColumnElement, Select, Update, bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from veche.apps.agents.models import (
@@ -29,6 +30,48 @@ UNFINISHED_TASK_STATES = (
 )
 
 
+def _lock_agent_template() -> Select[str, str]:
+    return (
+        select(Agent.status, Agent.lifecycle)
+        .where(Agent.user_id == bindparam("scope_user"), Agent.id == bindparam("agent"))
+        .with_for_update(key_share=True)
+    )
+
+
+def _settle_template() -> Update:
+    working = (
+        select(Task.id)
+        .where(
+            Task.user_id == bindparam("scope_user"),
+            Task.agent_id == bindparam("agent"),
+            Task.status.in_(WORKING_TASK_STATES),
+        )
+        .exists()
+    )
+    wanted = case((working, "busy"), else_="ready")
+    return (
+        update(Agent)
+        .where(
+            Agent.user_id == bindparam("scope_user"),
+            Agent.id == bindparam("agent"),
+            Agent.status != wanted,
+        )
+        .values(
+            status=wanted,
+            status_reason=None,
+            status_changed_at=bindparam("now"),
+            updated_at=Agent.updated_at,
+        )
+        .execution_options(synchronize_session=False)
+    )
+
+
+# Built once with bound parameters: a task's end runs both, and building them (the settle
+# with its subquery most) cost more of the event loop's time than running them.
+_LOCK_AGENT = _lock_agent_template()
+_SETTLE = _settle_template()
+
+
 class HealthQueries:
     """One user's agent statuses and task figures. Every statement is built by a method
     here that filters by the user, so the scoping test can check each one."""
@@ -37,11 +80,10 @@ class HealthQueries:
         self.session = session
         self.user_id = user_id
 
-    def agent_statement(self, agent_id: UUID) -> Select[str, str]:
-        """The agent's status and lifecycle (all a transition reads of it)."""
-        return select(Agent.status, Agent.lifecycle).where(
-            Agent.user_id == self.user_id, Agent.id == agent_id
-        )
+    def lock_statement(self, agent_id: UUID) -> tuple[Select[str, str], dict[str, Any]]:
+        """The agent's status and lifecycle (all a transition reads of it), its row
+        locked (see `lock_agent`); the statement and its parameters."""
+        return _LOCK_AGENT, {"scope_user": self.user_id, "agent": agent_id}
 
     def status_statement(
         self,
@@ -66,31 +108,12 @@ class HealthQueries:
             updated_at=Agent.updated_at,
         ).execution_options(synchronize_session=False)
 
-    def settle_statement(self, agent_id: UUID, now: dt.datetime) -> Update:
+    def settle_statement(self, agent_id: UUID, now: dt.datetime) -> tuple[Update, dict[str, Any]]:
         """`busy` while one of the agent's tasks runs, else `ready`, changed only if it is
-        not that already. The caller holds the agent's row (`lock_agent`), so the running
-        tasks are counted after every earlier change to them committed."""
-        working = (
-            select(Task.id)
-            .where(
-                Task.user_id == self.user_id,
-                Task.agent_id == agent_id,
-                Task.status.in_(WORKING_TASK_STATES),
-            )
-            .exists()
-        )
-        wanted = case((working, "busy"), else_="ready")
-        return (
-            update(Agent)
-            .where(Agent.user_id == self.user_id, Agent.id == agent_id, Agent.status != wanted)
-            .values(
-                status=wanted,
-                status_reason=None,
-                status_changed_at=now,
-                updated_at=Agent.updated_at,
-            )
-            .execution_options(synchronize_session=False)
-        )
+        not that already; the statement and its parameters. The caller holds the agent's
+        row (`lock_agent`), so the running tasks are counted after every earlier change to
+        them committed."""
+        return _SETTLE, {"scope_user": self.user_id, "agent": agent_id, "now": now}
 
     def counts_statement(self, agent_id: UUID) -> Select[str, int]:
         return (
@@ -129,11 +152,7 @@ class HealthQueries:
         that references the agent (an answer), which holds `FOR KEY SHARE` on it; two
         tasks ending together would each wait for the other's key share under `FOR
         UPDATE` (a deadlock), while `NO KEY UPDATE` does not conflict with it."""
-        row = (
-            await self.session.execute(
-                self.agent_statement(agent_id).with_for_update(key_share=True)
-            )
-        ).one_or_none()
+        row = (await self.session.execute(*self.lock_statement(agent_id))).one_or_none()
         return None if row is None else (row[0], row[1])
 
     async def unfinished_tasks(self, agent_id: UUID) -> int:
@@ -158,7 +177,7 @@ class HealthQueries:
         )
 
     async def settle(self, agent_id: UUID, now: dt.datetime) -> None:
-        await self.session.execute(self.settle_statement(agent_id, now))
+        await self.session.execute(*self.settle_statement(agent_id, now))
 
     async def set_status(
         self,

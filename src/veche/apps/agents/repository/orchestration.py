@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
-from sqlalchemy import Select, func, select, union_all, update
+from sqlalchemy import Select, bindparam, func, select, union_all, update
 from sqlalchemy.orm import defer
 
 from veche.apps.agents.models import Agent, OrchestratorConfig, Plan, Task
@@ -22,6 +23,21 @@ IN_FLIGHT_STATES = ("running", "waiting_approval", "waiting_tool")
 FINISHED_STATES = ("completed", "failed", "cancelled", "skipped")
 # How many of an agent's latest completed tasks its mean run time is taken over.
 DURATION_SAMPLE = 100
+
+
+# Built once with bound parameters: every step's end reads its plan's steps, and building
+# the statement cost more of the event loop's time than running it.
+_STEPS = (
+    select(Task)
+    .where(
+        Task.user_id == bindparam("scope_user"),
+        Task.plan_id == bindparam("plan"),
+        Task.kind == "step",
+    )
+    .options(defer(Task.state, raiseload=True))
+    .order_by(Task.created_at, Task.id)
+    .execution_options(populate_existing=True)
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +99,14 @@ class PlanQueries(Scoped):
         )
         return row
 
-    def steps_statement(self, plan_id: UUID) -> Select[Task]:
-        return self.select(Task).where(Task.plan_id == plan_id, Task.kind == "step")
+    def steps_statement(self, plan_id: UUID) -> tuple[Select[Task], dict[str, Any]]:
+        """The plan's steps in order, without their run's `state` (each one's whole
+        conversation: nothing that reads the steps of a plan needs it, and it is the bulk
+        of a row); the statement and its parameters."""
+        return _STEPS, {"scope_user": self.user_id, "plan": plan_id}
 
     async def steps(self, plan_id: UUID) -> list[Task]:
-        """The plan's steps, without their run's `state` (each one's whole conversation:
-        nothing that reads the steps of a plan needs it, and it is the bulk of a row)."""
-        rows = await self.session.scalars(
-            self.steps_statement(plan_id)
-            .options(defer(Task.state, raiseload=True))
-            .order_by(Task.created_at, Task.id)
-            .execution_options(populate_existing=True)
-        )
+        rows = await self.session.scalars(*self.steps_statement(plan_id))
         return list(rows.all())
 
     @staticmethod
