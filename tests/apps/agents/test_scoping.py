@@ -117,7 +117,11 @@ def test_every_scoped_query_filters_by_the_user() -> None:
     plans = PlanQueries(session=None, user_id=user_id)  # type: ignore[arg-type]
     prepared = {
         "agents_agents": [health.lock_statement(other), health.settle_statement(other, moment)],
-        "agents_tasks": [health.settle_statement(other, moment), plans.steps_statement(other)],
+        "agents_tasks": [
+            health.settle_statement(other, moment),
+            plans.steps_statement(other),
+            plans.mean_durations_statement([other, uuid4()]),
+        ],
     }
     for table, pairs in prepared.items():
         for template, params in pairs:

@@ -4,6 +4,7 @@ user's, through `Scoped` like everything else a request or a run of that user to
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,31 @@ IN_FLIGHT_STATES = ("running", "waiting_approval", "waiting_tool")
 FINISHED_STATES = ("completed", "failed", "cancelled", "skipped")
 # How many of an agent's latest completed tasks its mean run time is taken over.
 DURATION_SAMPLE = 100
+
+
+@functools.lru_cache(maxsize=64)
+def _mean_durations(agents: int) -> Select[UUID, float | None]:
+    """`mean_durations` over `agents` agents (parameters `agent_0`...), built once per
+    count: every plan reads it, and building its union of subqueries took longer than
+    running it."""
+    latest = union_all(
+        *(
+            select(
+                select(Task.agent_id, Task.duration_ms)
+                .where(
+                    Task.user_id == bindparam("scope_user"),
+                    Task.agent_id == bindparam(f"agent_{n}"),
+                    Task.status == "completed",
+                    Task.duration_ms.is_not(None),
+                )
+                .order_by(Task.finished_at.desc())
+                .limit(DURATION_SAMPLE)
+                .subquery()
+            )
+            for n in range(agents)
+        )
+    ).subquery()
+    return select(latest.c.agent_id, func.avg(latest.c.duration_ms)).group_by(latest.c.agent_id)
 
 
 # Built once with bound parameters: every step's end reads its plan's steps, and building
@@ -177,6 +203,14 @@ class PlanQueries(Scoped):
             statement = statement.where(Task.agent_id == agent_id)
         return int(await self.session.scalar(statement) or 0)
 
+    def mean_durations_statement(
+        self, agent_ids: Collection[UUID]
+    ) -> tuple[Select[UUID, float | None], dict[str, Any]]:
+        """`mean_durations`' statement for these agents, and its parameters."""
+        ordered = sorted(set(agent_ids))
+        params: dict[str, Any] = {f"agent_{n}": agent_id for n, agent_id in enumerate(ordered)}
+        return _mean_durations(len(ordered)), {"scope_user": self.user_id, **params}
+
     async def mean_durations(self, agent_ids: Collection[UUID]) -> dict[UUID, float]:
         """Mean run time (ms) of each agent's latest `DURATION_SAMPLE` completed tasks.
 
@@ -185,26 +219,7 @@ class PlanQueries(Scoped):
         finished_at) that stops after `DURATION_SAMPLE` rows."""
         if not agent_ids:
             return {}
-        latest = union_all(
-            *(
-                select(
-                    select(Task.agent_id, Task.duration_ms)
-                    .where(
-                        Task.user_id == self.user_id,
-                        Task.agent_id == agent_id,
-                        Task.status == "completed",
-                        Task.duration_ms.is_not(None),
-                    )
-                    .order_by(Task.finished_at.desc())
-                    .limit(DURATION_SAMPLE)
-                    .subquery()
-                )
-                for agent_id in sorted(set(agent_ids))
-            )
-        ).subquery()
-        rows = await self.session.execute(
-            select(latest.c.agent_id, func.avg(latest.c.duration_ms)).group_by(latest.c.agent_id)
-        )
+        rows = await self.session.execute(*self.mean_durations_statement(agent_ids))
         return {agent_id: float(mean) for agent_id, mean in rows.all() if mean is not None}
 
     async def loads(self) -> list[AgentLoad]:
