@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import structlog
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from veche.kernel.ai import metrics
 from veche.kernel.ai.errors import BudgetExceeded
@@ -27,6 +27,17 @@ from veche.kernel.db import Database, new_id, utcnow
 from veche.settings import AISettings
 
 log = structlog.get_logger(__name__)
+
+# The tokens a user's stored rows spent since a moment, leaving out the rows this ledger
+# still holds (an empty list leaves out none). Built once: every model call reads it, and
+# building it took longer than running it.
+_SPENT = select(
+    func.coalesce(func.sum(AIUsage.prompt_tokens + AIUsage.completion_tokens), 0)
+).where(
+    AIUsage.user_id == bindparam("user"),
+    AIUsage.created_at >= bindparam("since"),
+    AIUsage.id.not_in(bindparam("unstored", expanding=True)),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,15 +153,12 @@ class UsageLedger:
     async def budget(self, user_id: UUID, now: dt.datetime | None = None) -> Budget:
         now = now or utcnow()
         start = day_start(now)
-        statement = select(
-            func.coalesce(func.sum(AIUsage.prompt_tokens + AIUsage.completion_tokens), 0)
-        ).where(AIUsage.user_id == user_id, AIUsage.created_at >= start)
         # The rows this ledger has not stored yet count from memory and are left out of
         # the sum, so one stored while the read runs counts once either way.
         unstored = [call for call in (*self._writing, *self._queued) if call.user_id == user_id]
-        if unstored:
-            statement = statement.where(AIUsage.id.not_in([call.id for call in unstored]))
-        stored = await self._db.read_one(statement)  # one read: no transaction of its own
+        stored = await self._db.read_one(  # one read: no transaction of its own
+            _SPENT, {"user": user_id, "since": start, "unstored": [row.id for row in unstored]}
+        )
         used = int((stored[0] if stored is not None else 0) or 0) + sum(
             call.prompt_tokens + call.completion_tokens for call in unstored
         )
