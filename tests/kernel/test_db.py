@@ -20,10 +20,11 @@ from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 
 from tests.conftest import make_settings
 from veche.kernel import Kernel
+from veche.kernel.ai.models import AIUsage, AIUsageDay
 from veche.kernel.audit import AuditEvent
-from veche.kernel.db import Base, Database, create_engine, new_id
+from veche.kernel.db import Base, Database, create_engine, new_id, utcnow
 from veche.kernel.errors import Conflict, ProblemError, overload
-from veche.kernel.identity.models import AuthSession
+from veche.kernel.identity.models import AuthSession, User
 from veche.kernel.jobs import STATISTICS_JOB, ScheduledJob, Scheduler, kernel_jobs
 from veche.migrate import current_revision, downgrade, head_revision, upgrade
 from veche.registry import load_modules
@@ -354,6 +355,52 @@ async def test_migrations_are_reversible(tmp_path: Path, scratch_database_url: s
     await upgrade(settings)
     assert await table_names(settings, url) == MODEL_TABLES | {"alembic_version"}
     assert await current_revision(settings) == head_revision()
+
+
+async def test_the_usage_days_migration_carries_over_todays_spending(
+    tmp_path: Path, scratch_database_url: str
+) -> None:
+    settings = make_settings(tmp_path, scratch_database_url)
+    await upgrade(settings, "0011")
+    db = Database(settings)
+    try:
+        ann = User(email="ann@example.com", display_name="Ann", password_hash=None)
+        today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+        def call(user_id: UUID | None, tokens: int, at: dt.datetime) -> AIUsage:
+            return AIUsage(
+                user_id=user_id,
+                app="blog",
+                purpose="default",
+                kind="chat",
+                provider="openai",
+                model="m",
+                prompt_tokens=tokens,
+                completion_tokens=1,
+                latency_ms=1,
+                outcome="ok",
+                cost=0.0,
+                created_at=at,
+            )
+
+        async with db.unit_of_work() as session:
+            session.add(ann)
+            await session.flush()
+            session.add_all(
+                [
+                    call(ann.id, 29, today + dt.timedelta(seconds=1)),
+                    call(ann.id, 19, utcnow()),
+                    call(ann.id, 499, today - dt.timedelta(microseconds=1)),
+                    call(None, 6, utcnow()),
+                ]
+            )
+        await upgrade(settings)
+        async with db.unit_of_work() as session:
+            days = (await session.execute(select(AIUsageDay))).scalars().all()
+            carried = [(d.user_id, d.day, d.ledger_id, d.tokens, d.batch) for d in days]
+    finally:
+        await db.dispose()
+    assert carried == [(ann.id, today.date(), UUID(int=0), 50, 0)]
 
 
 async def test_models_match_the_migrations(settings: Settings) -> None:

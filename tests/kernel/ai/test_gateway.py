@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+import random
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
@@ -27,7 +28,7 @@ from veche.kernel.ai.errors import (
     ProviderUnavailable,
 )
 from veche.kernel.ai.gateway import LLMGateway
-from veche.kernel.ai.models import AIUsage
+from veche.kernel.ai.models import AIUsage, AIUsageDay
 from veche.kernel.ai.profiles import LOCAL_CHAT_MODEL
 from veche.kernel.ai.prompts import RenderedPrompt
 from veche.kernel.ai.services import chat_provider
@@ -135,20 +136,22 @@ async def usage_rows(db: Database, ledger: UsageLedger | None = None) -> list[AI
         return list(rows)
 
 
+def call_record(user_id: uuid.UUID | None, tokens: int) -> CallRecord:
+    return CallRecord(
+        app="blog",
+        purpose="default",
+        kind="chat",
+        provider="openai",
+        model=MODEL,
+        user_id=user_id,
+        usage=TokenUsage(prompt_tokens=tokens - tokens // 2, completion_tokens=tokens // 2),
+        latency_seconds=0.1,
+    )
+
+
 async def spend(ledger: UsageLedger, user_id: uuid.UUID | None, tokens: int) -> None:
     """A past call of `tokens` tokens by `user_id`, today."""
-    await ledger.record(
-        CallRecord(
-            app="blog",
-            purpose="default",
-            kind="chat",
-            provider="openai",
-            model=MODEL,
-            user_id=user_id,
-            usage=TokenUsage(prompt_tokens=tokens - tokens // 2, completion_tokens=tokens // 2),
-            latency_seconds=0.1,
-        )
-    )
+    await ledger.record(call_record(user_id, tokens))
 
 
 async def collect(
@@ -537,18 +540,24 @@ async def test_a_user_over_the_daily_budget_is_refused(
 
 
 async def test_yesterdays_spending_does_not_count(gateways: Gateways) -> None:
+    """Today's calls, stored and still queued, are yesterday's seen from tomorrow, and
+    not yesterday's own."""
     gateway = gateways(daily_token_budget=100)
     ann = await create_user(gateways.db)
     await spend(gateway.ledger, ann.id, 500)
-    async with gateways.db.unit_of_work() as session:
-        row = await session.scalar(select(AIUsage))
-        assert row is not None
-        row.created_at = day_start(dt.datetime.now(dt.UTC)) - dt.timedelta(microseconds=1)
+    gateway.ledger.record_soon(call_record(ann.id, 7))  # queued, not stored yet
+    now = dt.datetime.now(dt.UTC)
+    tomorrow = day_start(now) + dt.timedelta(days=1, microseconds=1)
 
-    budget = await gateway.ledger.budget(ann.id)
+    assert (await gateway.ledger.budget(ann.id, now)).used_today == 507
+    yesterday = day_start(now) - dt.timedelta(microseconds=1)
+    assert (await gateway.ledger.budget(ann.id, yesterday)).used_today == 0
+    budget = await gateway.ledger.budget(ann.id, tomorrow)
 
     assert (budget.used_today, budget.remaining) == (0, 100)
-    await gateway.chat([Message.user("hi")], app="blog", user_id=ann.id)
+    assert budget.resets_at == day_start(tomorrow) + dt.timedelta(days=1)
+    await gateway.ledger.flush()
+    assert (await gateway.ledger.budget(ann.id, tomorrow)).used_today == 0
 
 
 async def test_a_calls_tokens_count_in_the_budget_before_and_after_its_row_is_stored(
@@ -584,6 +593,61 @@ async def test_calls_made_together_are_all_stored(
     assert budget.used_today == 80
     assert len(rows) == 8
     assert (await gateway.ledger.budget(ann.id)).used_today == 80
+
+
+async def test_another_ledgers_calls_count_once_they_are_stored(gateways: Gateways) -> None:
+    """Two processes, a ledger each: each counts the other's calls once they are stored,
+    and its own at once (stored or not)."""
+    one, two = gateways(daily_token_budget=1_000), gateways(daily_token_budget=1_000)
+    ann = await create_user(gateways.db)
+    await spend(one.ledger, ann.id, 100)
+    assert (await two.ledger.budget(ann.id)).used_today == 100
+    two.ledger.record_soon(call_record(ann.id, 30))
+
+    assert (await two.ledger.budget(ann.id)).used_today == 130
+    await two.ledger.flush()
+    assert (await one.ledger.budget(ann.id)).used_today == 130
+    assert (await two.ledger.budget(ann.id)).used_today == 130
+
+
+async def test_the_budget_counts_each_call_once_while_writes_race_its_reads(
+    gateways: Gateways,
+) -> None:
+    """Calls queued one after another while the writer stores them in batches: every
+    read, wherever it falls in a write, sees exactly the tokens queued before it; and the
+    day's total is one row per ledger, however many writes added to it."""
+    ledger = gateways(daily_token_budget=10_000_000).ledger
+    ann, bob = await create_user(gateways.db), await create_user(gateways.db)
+    rng = random.Random(6)
+    queued, bobs = 0, 0
+    stop = asyncio.Event()
+
+    async def reading() -> None:  # the next read begins before the last one ends
+        ahead = asyncio.create_task(ledger.budget(bob.id))
+        while not stop.is_set():
+            following = asyncio.create_task(ledger.budget(bob.id))
+            assert (await ahead).used_today <= bobs
+            ahead = following
+        await ahead
+
+    reader = asyncio.create_task(reading())
+    for n in range(1, 121):
+        ledger.record_soon(call_record(ann.id, n))
+        ledger.record_soon(call_record(bob.id, 1))
+        queued, bobs = queued + n, bobs + 1
+        for _ in range(rng.randint(0, 3)):  # let the writer get on
+            await asyncio.sleep(0)
+        reads = await asyncio.gather(*(ledger.budget(ann.id) for _ in range(rng.randint(1, 3))))
+        assert {read.used_today for read in reads} == {queued}, n
+        # What the ledger keeps for reads in flight stays small while reads overlap.
+        assert len(ledger._stored) <= 5, ledger._stored.keys()
+    stop.set()
+    await reader
+    await ledger.flush()
+    assert (await ledger.budget(ann.id)).used_today == queued
+    async with gateways.db.unit_of_work() as session:
+        days = (await session.execute(select(AIUsageDay.user_id, AIUsageDay.tokens))).all()
+    assert sorted(tokens for _, tokens in days) == [120, queued]
 
 
 async def test_a_usage_row_that_cannot_be_stored_is_logged_and_the_call_stands(

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from tests.conftest import PASSWORD, client_for
 from tests.helpers import assert_problem, bearer, login, signed_up
-from veche.kernel.ai.models import AIUsage
+from veche.kernel.ai.models import AIUsage, AIUsageDay
 from veche.kernel.ai.types import TokenUsage
 from veche.kernel.ai.usage import CallRecord, day_start
 from veche.kernel.identity import IdentityService
@@ -54,6 +54,14 @@ async def create_usage(kernel: Kernel, user: dict[str, Any] | None, **overrides:
     row = AIUsage(**values)
     async with kernel.db.unit_of_work() as session:
         session.add(row)
+        if row.user_id is not None:  # and its day's total, as a ledger stores a call
+            day = (row.created_at or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).date()
+            tokens = row.prompt_tokens + row.completion_tokens
+            session.add(
+                AIUsageDay(
+                    user_id=row.user_id, day=day, ledger_id=uuid.uuid4(), tokens=tokens, batch=1
+                )
+            )
     return row
 
 

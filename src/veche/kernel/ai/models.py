@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from uuid import UUID
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String
+from sqlalchemy import BigInteger, Date, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from veche.kernel.db import Base, IdMixin, utcnow
@@ -33,3 +33,20 @@ class AIUsage(IdMixin, Base):
     outcome: Mapped[str] = mapped_column(String(32))  # ok, or the error's stable code
     cost: Mapped[float] = mapped_column(Float)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+
+class AIUsageDay(Base):
+    """The tokens of a user's calls on one UTC day that one ledger (one per process) has
+    stored, and the last of that ledger's writes they include (`batch`). Written in the
+    same transaction as the calls' rows, so a budget check reads these few rows instead of
+    summing the day's calls (`veche.kernel.ai.usage`)."""
+
+    __tablename__ = "ai_usage_days"
+
+    user_id: Mapped[UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    ledger_id: Mapped[UUID] = mapped_column(primary_key=True)
+    tokens: Mapped[int] = mapped_column(BigInteger)
+    batch: Mapped[int] = mapped_column(BigInteger)

@@ -6,38 +6,43 @@ at once, and one writer task per ledger stores what has come in since its last w
 one transaction (a plan's parallel steps share one). Until its row is stored, a call's
 tokens count in the budget from memory, so nothing spent is missed; `flush` waits for the
 rows (the usage endpoints, shutdown, tests). A row still waiting when the process dies is
-lost, as it would be if the process died before storing it itself."""
+lost, as it would be if the process died before storing it itself.
+
+A budget check reads the day's totals from `ai_usage_days`, not the day's calls: each
+write adds its rows' tokens to its ledger's row for the user and day (`AIUsageDay`) and
+numbers itself there (`batch`), in the same transaction as the rows. The check reads every
+ledger's total for the user and day, and counts from memory this ledger's calls in writes
+numbered after the one its read saw, so a call counts once whether its write commits
+before, during or after the read. Other processes' calls count once they are stored."""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import math
 from dataclasses import dataclass
+from typing import Any
 from uuid import UUID
 
 import structlog
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Executable, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from veche.kernel.ai import metrics
 from veche.kernel.ai.errors import BudgetExceeded
-from veche.kernel.ai.models import AIUsage
+from veche.kernel.ai.models import AIUsage, AIUsageDay
 from veche.kernel.ai.types import TokenUsage
 from veche.kernel.db import Database, new_id, utcnow
 from veche.settings import AISettings
 
 log = structlog.get_logger(__name__)
 
-# The tokens a user's stored rows spent since a moment, leaving out the rows this ledger
-# still holds (an empty list leaves out none). Built once: every model call reads it, and
-# building it took longer than running it.
-_SPENT = select(
-    func.coalesce(func.sum(AIUsage.prompt_tokens + AIUsage.completion_tokens), 0)
-).where(
-    AIUsage.user_id == bindparam("user"),
-    AIUsage.created_at >= bindparam("since"),
-    AIUsage.id.not_in(bindparam("unstored", expanding=True)),
+# Every ledger's stored tokens for a user and day, with the last write each includes.
+_DAY_TOTALS = select(AIUsageDay.ledger_id, AIUsageDay.tokens, AIUsageDay.batch).where(
+    AIUsageDay.user_id == bindparam("user"), AIUsageDay.day == bindparam("day")
 )
+_INSERTS: dict[str, Any] = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +84,19 @@ class UsageLedger:
     def __init__(self, settings: AISettings, db: Database) -> None:
         self._settings = settings
         self._db = db
-        # Rows waiting for the writer, and the batch it is storing: the budget counts
-        # these from here and the other rows from the table.
+        # This ledger's rows in `ai_usage_days`.
+        self._id = new_id()
+        # Rows waiting for the writer; the write in progress and its number; the last
+        # write committed.
         self._queued: list[AIUsage] = []
         self._writing: list[AIUsage] = []
+        self._batch = 0
+        self._committed = 0
+        # The budget reads in flight, by the last write committed when each began (it
+        # sees that one and those before); and the writes committed since the earliest
+        # of those marks, which a read in flight may not have seen, by number.
+        self._reads: collections.Counter[int] = collections.Counter()
+        self._stored: dict[int, list[AIUsage]] = {}
         self._writer: asyncio.Task[None] | None = None
 
     def cost(self, model: str, usage: TokenUsage) -> float:
@@ -117,14 +131,46 @@ class UsageLedger:
 
     async def _write(self) -> None:
         while self._queued:
-            self._writing, self._queued = self._queued, []
+            self._batch += 1
+            batch, self._writing, self._queued = self._batch, self._queued, []
             try:
                 async with self._db.unit_of_work() as session:
                     session.add_all(self._writing)
+                    totals = self._day_totals(batch, self._writing)
+                    if totals is not None:
+                        await session.execute(totals)
+                self._committed = batch
+                if self._reads:  # a read in flight may have missed this write
+                    self._stored[batch] = self._writing
             except Exception:
                 log.exception("ai.usage.record_failed", rows=len(self._writing))
             finally:
                 self._writing = []
+
+    def _day_totals(self, batch: int, rows: list[AIUsage]) -> Executable | None:
+        """The statement adding `rows`' tokens to this ledger's totals per user and day,
+        numbered `batch`; None if no row has a user."""
+        tokens: dict[tuple[UUID, dt.date], int] = {}
+        for row in rows:
+            if row.user_id is not None:
+                key = (row.user_id, row.created_at.astimezone(dt.UTC).date())
+                tokens[key] = tokens.get(key, 0) + row.prompt_tokens + row.completion_tokens
+        if not tokens:
+            return None
+        statement = _INSERTS[self._db.dialect](AIUsageDay).values(
+            [
+                {"user_id": user, "day": day, "ledger_id": self._id, "tokens": n, "batch": batch}
+                for (user, day), n in tokens.items()
+            ]
+        )
+        done: Executable = statement.on_conflict_do_update(
+            index_elements=["user_id", "day", "ledger_id"],
+            set_={
+                "tokens": AIUsageDay.tokens + statement.excluded.tokens,
+                "batch": statement.excluded.batch,
+            },
+        )
+        return done
 
     def _row(self, call: CallRecord) -> AIUsage:
         cost = self.cost(call.model, call.usage)
@@ -153,19 +199,38 @@ class UsageLedger:
     async def budget(self, user_id: UUID, now: dt.datetime | None = None) -> Budget:
         now = now or utcnow()
         start = day_start(now)
-        # The rows this ledger has not stored yet count from memory and are left out of
-        # the sum, so one stored while the read runs counts once either way.
-        unstored = [call for call in (*self._writing, *self._queued) if call.user_id == user_id]
-        stored = await self._db.read_one(  # one read: no transaction of its own
-            _SPENT, {"user": user_id, "since": start, "unstored": [row.id for row in unstored]}
-        )
-        used = int((stored[0] if stored is not None else 0) or 0) + sum(
-            call.prompt_tokens + call.completion_tokens for call in unstored
+        mark = self._committed
+        self._reads[mark] += 1
+        try:  # one read: no transaction of its own
+            totals = await self._db.read_all(_DAY_TOTALS, {"user": user_id, "day": start.date()})
+        finally:
+            self._reads[mark] -= 1
+            if not self._reads[mark]:
+                del self._reads[mark]
+        stored, seen = 0, 0
+        for ledger_id, tokens, batch in totals:
+            stored += int(tokens)
+            if ledger_id == self._id:
+                seen = int(batch)
+        # This ledger's calls in writes after the one the read saw (the user's latest
+        # then), from memory: stored since, being stored, or waiting.
+        unseen = [rows for batch, rows in self._stored.items() if batch > seen]
+        if self._writing and self._batch > seen:
+            unseen.append(self._writing)
+        unseen.append(self._queued)
+        # What every read still in flight has seen need not be kept for it.
+        floor = min(self._reads, default=self._committed)
+        for batch in [batch for batch in self._stored if batch <= floor]:
+            del self._stored[batch]
+        end = start + dt.timedelta(days=1)
+        used = stored + sum(
+            row.prompt_tokens + row.completion_tokens
+            for rows in unseen
+            for row in rows
+            if row.user_id == user_id and start <= row.created_at < end
         )
         return Budget(
-            daily_tokens=self._settings.daily_token_budget,
-            used_today=used,
-            resets_at=start + dt.timedelta(days=1),
+            daily_tokens=self._settings.daily_token_budget, used_today=used, resets_at=end
         )
 
     async def ensure_budget(self, user_id: UUID | None, app: str) -> None:
