@@ -369,8 +369,8 @@ class Database:
     async def read_all(
         self, statement: Executable, params: Mapping[str, Any] | None = None
     ) -> list[AnyRow]:
-        """Every row of one read-only statement, outside any unit of work, as `read_one`
-        (the runner's look-up for work, made on every wake-up)."""
+        """Every row of one read-only statement, outside any unit of work, as `read_one`:
+        for reads made often enough that a `BEGIN` and a `COMMIT` around each would count."""
         return await self._reads.all(statement, params or {})
 
     @property
